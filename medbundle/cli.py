@@ -1,0 +1,113 @@
+"""The ``medbundle`` command: list, demo, report, froc."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]])
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from medbundle.bundle import list_bundles
+
+    infos = list_bundles()
+    if args.json:
+        print(json.dumps([{**i.__dict__, "path": str(i.path)} for i in infos], indent=2))
+        return 0
+    rows = [[i.name, i.task_type, i.input, i.output, i.version] for i in infos]
+    print(_table(rows, ["bundle", "task", "input", "output", "version"]))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from medbundle.bundle import bundle_dir
+    from medbundle.demo import DEMOS, run_demo
+
+    names = args.bundles or list(DEMOS)
+    workdir = Path(args.workdir).resolve()
+    for n in names:
+        src = bundle_dir(n) if n in DEMOS else None
+        if src is not None and (workdir == src or src in workdir.parents):
+            print(f"error: --workdir {workdir} is inside the bundle source {src}; choose another folder",
+                  file=sys.stderr)
+            return 2
+    try:
+        rows = run_demo(names, workdir, verbose=args.verbose)
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print()
+    extra = [k for k in rows[0] if k not in ("bundle", "metric", "value", "target", "minutes", "times_s", "workdir")]
+    table = [[r["bundle"], r["metric"], _fmt(r["value"]), f">= {r['target']}", *[_fmt(r[k]) for k in extra],
+              f"{r['minutes']:.1f}"] for r in rows]
+    print(_table(table, ["bundle", "metric", "value", "target", *extra, "minutes"]))
+    for r in rows:
+        print(f"{r['bundle']}: metrics {r['workdir']}/eval/metrics.json, outputs {r['workdir']}/predictions")
+    ok = all(r["value"] is not None and r["value"] >= r["target"] for r in rows)
+    return 0 if ok or not args.strict else 3
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from medbundle.sampling import format_imbalance_report, imbalance_report
+
+    names = args.class_names.split(",") if args.class_names else None
+    rep = imbalance_report(args.datalist, split=args.split, label_key=args.label_key, class_names=names)
+    print(json.dumps(rep, indent=2) if args.json else format_imbalance_report(rep))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medbundle", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list the bundles with task, input, output and version")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_list)
+
+    s = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> infer, through monai.bundle")
+    s.add_argument("bundles", nargs="*", help="bundle names (default: every bundle with a demo)")
+    s.add_argument("--workdir", default="demo_work", help="where data, models and outputs go (default ./demo_work)")
+    s.add_argument("--verbose", action="store_true", help="print every log line")
+    s.add_argument("--strict", action="store_true", help="exit 3 if a bundle misses its demo target")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("report", help="class counts, prevalence and imbalance of a datalist")
+    s.add_argument("datalist", help="MONAI datalist JSON")
+    s.add_argument("--split", default="training")
+    s.add_argument("--label-key", default="label")
+    s.add_argument("--class-names", default=None, help="comma-separated names, one per label column")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("froc", help="LUNA16 FROC/CPM of a results CSV", add_help=False)
+    s.set_defaults(func=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "froc":
+        from medbundle.metrics.froc import froc_command
+
+        return froc_command(argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

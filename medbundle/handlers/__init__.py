@@ -1,0 +1,18 @@
+"""Ignite handlers that put medbundle's metrics and writers into MONAI bundle workflows."""
+
+from medbundle.handlers.classification import (
+    ClassificationReport,
+    MultiLabelAUROC,
+    load_thresholds,
+    to_jsonable,
+)
+from medbundle.handlers.inference import GradCAMSaver, PredictionsWriter
+
+__all__ = [
+    "ClassificationReport",
+    "GradCAMSaver",
+    "MultiLabelAUROC",
+    "PredictionsWriter",
+    "load_thresholds",
+    "to_jsonable",
+]

@@ -1,0 +1,31 @@
+"""Shared helpers for the end-to-end bundle tests: run ``python -m monai.bundle`` as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLES = REPO / "bundles"
+
+
+def config_list(*paths: Path) -> str:
+    return "[" + ",".join(repr(str(p)) for p in paths) + "]"
+
+
+def run_bundle(args: list[str], cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle <args>``; fail the test with the output tail if it exits non-zero."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"monai.bundle {args[:2]} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc

@@ -1,0 +1,164 @@
+"""End-to-end tests of bundles/chest_xray_classification through ``python -m monai.bundle``.
+
+A tiny synthetic ChestX-ray14 set (PNG + DICOM, including MONOCHROME1) is trained for a few epochs at
+a small size with the bundle's own demo overlay; evaluation and inference then run on the result.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import BUNDLES, config_list, run_bundle
+from monai.bundle import ConfigWorkflow
+
+from medbundle.data.chestxray import CHESTXRAY14_FINDINGS, chestxray14_datalist, write_datalist
+from medbundle.data.synthetic_xray import generate_chestxray14
+
+BUNDLE = BUNDLES / "chest_xray_classification"
+CFG = BUNDLE / "configs"
+META = ["--meta_file", str(CFG / "metadata.json"), "--logging_file", str(CFG / "logging.conf")]
+TINY = ["--image_size", "48", "--num_epochs", "4", "--batch_size", "16", "--cache_rate", "1.0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Generate data, train, and return (data dir, bundle work dir, training stdout)."""
+    root = tmp_path_factory.mktemp("cxr")
+    data = root / "ChestXray14"
+    generate_chestxray14(data, n_patients=200, size=96, n_dicom=10, seed=1, min_pos_per_split=3)
+    work = root / "bundle"
+    proc = run_bundle(
+        ["run", "training", "--config_file", config_list(CFG / "train.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--dataset_dir", str(data), *TINY]
+    )
+    return data, work, proc.stdout + proc.stderr
+
+
+def test_training_writes_best_checkpoint_and_validation_thresholds(trained):
+    _, work, log = trained
+    assert (work / "models" / "model.pt").is_file()
+    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("class_layers") for k in state)
+    thr = json.loads((work / "models" / "thresholds.json").read_text())
+    assert list(thr["thresholds"]) == CHESTXRAY14_FINDINGS
+    assert "Youden" in thr["method"]
+    assert "val_mean_auroc" in log
+
+
+def test_evaluation_reports_auroc_with_ci_and_operating_points(trained):
+    data, work, _ = trained
+    run_bundle(
+        ["run", "evaluating", "--config_file",
+         config_list(CFG / "train.json", CFG / "evaluate.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--dataset_dir", str(data), *TINY]
+    )
+    m = json.loads((work / "eval" / "metrics.json").read_text())
+    assert m["split"] == "test"
+    assert set(m["per_class"]) == set(CHESTXRAY14_FINDINGS)
+    test_ids = set((data / "test_list.txt").read_text().split())
+    assert m["n_images"] == len(test_ids)
+    for name, c in m["per_class"].items():
+        assert c["n_pos"] >= 3, name  # the generator guarantees positives in the test split
+        assert c["auroc_ci_low"] <= c["auroc"] <= c["auroc_ci_high"], name
+        assert 0.0 <= c["sensitivity"] <= 1.0 and 0.0 <= c["specificity"] <= 1.0
+    assert m["thresholds_source"].endswith("thresholds.json")
+    # a few CPU epochs at 48 px learn the synthetic findings well above chance; a broken pipeline
+    # (labels misaligned with images, wrong activation, no learning) stays near 0.5
+    assert m["mean_auroc"] > 0.7, m["mean_auroc"]
+    assert (work / "eval" / "roc.png").stat().st_size > 10_000
+
+
+def test_inference_writes_predictions_skips_unreadable_and_saves_gradcam(trained, tmp_path):
+    data, work, _ = trained
+    test_ids = sorted((data / "test_list.txt").read_text().split())[:6]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    n_ok = 0
+    for name in test_ids:
+        for src in (data / "images" / name, (data / "images" / name).with_suffix(".dcm")):
+            if src.is_file():
+                (folder / src.name).write_bytes(src.read_bytes())
+                n_ok += 1
+    assert any(p.suffix == ".dcm" for p in folder.iterdir()) or n_ok == 6
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a picture")
+    (folder / "notdicom.dcm").write_text("plain text, no DICOM preamble")
+    out = tmp_path / "pred"
+    proc = run_bundle(
+        ["run", "--config_file", config_list(CFG / "inference.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--input", str(folder), "--output_dir", str(out),
+         "--image_size", "48", "--save_gradcam", "true"]
+    )
+    log = proc.stdout + proc.stderr
+    assert "broken.png" in log and "notdicom.dcm" in log
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == n_ok
+    assert {r["file"].rsplit("/", 1)[-1] for r in rows}.isdisjoint({"broken.png", "notdicom.dcm"})
+    thr = json.loads((work / "models" / "thresholds.json").read_text())["thresholds"]
+    for r in rows:
+        for c in CHESTXRAY14_FINDINGS:
+            p = float(r[c])
+            assert 0.0 <= p <= 1.0
+            assert int(r[f"{c}_positive"]) == int(p >= thr[c])
+    skipped = list(csv.DictReader(open(out / "skipped.csv")))
+    assert {s["file"].rsplit("/", 1)[-1] for s in skipped} == {"broken.png", "notdicom.dcm"}
+    assert all(s["reason"] for s in skipped)
+    assert len(list((out / "gradcam").glob("*.png"))) >= n_ok
+
+
+def test_inference_from_datalist_matches_folder_order(trained, tmp_path):
+    data, work, _ = trained
+    dl = chestxray14_datalist(data, val_fraction=0.1, seed=0)
+    dl["testing"] = dl["testing"][:4]
+    path = write_datalist(dl, tmp_path / "datalist.json")
+    out = tmp_path / "pred"
+    run_bundle(
+        ["run", "--config_file", config_list(CFG / "inference.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--input", str(path), "--output_dir", str(out), "--image_size", "48",
+         "--save_gradcam", "false"]
+    )
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["file"] for r in rows] == [d["image"] for d in dl["testing"]]
+    assert not (out / "gradcam").exists()
+
+
+@pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "infer")])
+def test_config_properties(config, kind):
+    wf = ConfigWorkflow(config_file=str(CFG / config), meta_file=str(CFG / "metadata.json"),
+                        logging_file=str(CFG / "logging.conf"), workflow_type=kind)
+    assert wf.check_properties() == []
+
+
+def test_verify_net_in_out():
+    proc = run_bundle(["verify_net_in_out", "network_def", "--config_file", str(CFG / "inference.json"),
+                       "--meta_file", str(CFG / "metadata.json"), "--device", "cpu"])
+    assert "verified with no error" in proc.stdout + proc.stderr
+
+
+def test_torchscript_export_matches_eager(trained, tmp_path):
+    _, work, _ = trained
+    ts = tmp_path / "model.ts"
+    run_bundle(["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(work / "models" / "model.pt"),
+                "--meta_file", str(CFG / "metadata.json"), "--config_file", str(CFG / "inference.json")])
+    from monai.networks.nets import DenseNet121
+
+    eager = DenseNet121(spatial_dims=2, in_channels=1, out_channels=14)
+    eager.load_state_dict(torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True))
+    eager.eval()
+    scripted = torch.jit.load(str(ts), map_location="cpu")
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = eager(x), scripted(x)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert not torch.allclose(a, torch.zeros_like(a))
+
+
+def test_multi_gpu_config_parses_with_train_config():
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config([str(CFG / "train.json"), str(CFG / "multi_gpu_train.json")])
+    assert p["train#trainer#train_handlers"].startswith("$")
+    assert "init_process_group" in " ".join(p["initialize"])
