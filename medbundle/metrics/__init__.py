@@ -19,6 +19,8 @@ from medbundle.metrics.classification import (
     multilabel_rates,
 )
 from medbundle.metrics.cumulative import MultiLabelAUROCMetric
+from medbundle.metrics.detection import box_iou, coco_detection_metrics
+from medbundle.metrics.froc import evaluate_luna16_files, luna16_froc
 from medbundle.metrics.roc import (
     average_precision,
     average_precision_per_class,
@@ -41,6 +43,10 @@ __all__ = [
     "average_precision",
     "average_precision_per_class",
     "binary_confusion",
+    "box_iou",
+    "coco_detection_metrics",
+    "evaluate_luna16_files",
+    "luna16_froc",
     "binary_rates",
     "bootstrap_auc_ci",
     "cohen_kappa_quadratic",

@@ -1,0 +1,310 @@
+"""Benchmark of medbundle's metric fast paths against plain reference implementations in the same run.
+
+Run:  .venv/bin/python benchmarks/metrics.py [--repeats 5] [--no-results-md]
+
+Prints a JSON report and (unless --no-results-md) updates the "## Metrics (benchmarks/metrics.py)"
+section of benchmarks/RESULTS.md. Times are medians of several repeats; the figures that travel between
+machines are the ratios (reference time / fast time) measured in the same process.
+
+(a) DeLong AUROC with CI: ``delong_auc_ci`` (midrank algorithm, O(N log N)) against the textbook
+    structural-component computation (all m x n pairwise comparisons, chunked with numpy) at 20,000
+    scores, plus the fast path alone at 1,000,000 scores (the O(m n) reference is infeasible there).
+(b) LUNA16 FROC: ``luna16_froc`` on 888 scans x 100 marks (~1,186 nodules, synthetic) against a plain
+    per-scan / per-nodule / per-mark Python loop that follows the published script (scikit-learn's
+    roc_curve for the curve); both must give the same CPM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+from sklearn.metrics import roc_curve
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from medbundle.metrics.froc import luna16_froc  # noqa: E402
+
+try:  # the DeLong functions live in medbundle.metrics.roc; accept either home
+    from medbundle.metrics.classification import delong_auc_ci  # type: ignore[attr-defined]  # noqa: E402
+except ImportError:  # pragma: no cover - depends on the other module's layout
+    from medbundle.metrics.roc import delong_auc_ci  # noqa: E402
+
+SECTION = "## Metrics (benchmarks/metrics.py)"
+RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time (s) of ``repeats`` calls and the last return value."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+# ------------------------------------------------------------------------------------------------ DeLong
+def delong_reference(y_true: np.ndarray, y_score: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """Textbook DeLong (1988): psi over all positive/negative pairs, structural components, normal CI."""
+    y = np.asarray(y_true).astype(bool)
+    pos, neg = y_score[y], y_score[~y]
+    m, n = pos.size, neg.size
+    v10 = np.empty(m)
+    col_sum = np.zeros(n)
+    chunk = max(1, 4_000_000 // max(n, 1))
+    for start in range(0, m, chunk):
+        p = pos[start:start + chunk, None]
+        psi = (p > neg[None, :]) + 0.5 * (p == neg[None, :])
+        v10[start:start + chunk] = psi.mean(axis=1)
+        col_sum += psi.sum(axis=0)
+    v01 = col_sum / m
+    auc = float(v10.mean())
+    var = v10.var(ddof=1) / m + v01.var(ddof=1) / n
+    std = math.sqrt(var)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    return {"auc": auc, "ci_low": max(0.0, auc - z * std), "ci_high": min(1.0, auc + z * std), "std": std}
+
+
+def bench_delong(repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+
+    def data(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.uniform(size=n) < 0.3
+        s = rng.normal(size=n) + 1.2 * y
+        return y.astype(int), np.round(s, 3)  # rounding adds ties, which both must treat as 1/2
+
+    y, s = data(20_000)
+    t_ref, ref = median_time(lambda: delong_reference(y, s), max(1, repeats // 2))
+    t_fast, fast = median_time(lambda: delong_auc_ci(y, s), repeats)
+    for key in ("auc", "std", "ci_low", "ci_high"):
+        if not math.isclose(ref[key], fast[key], rel_tol=1e-9, abs_tol=1e-12):
+            raise AssertionError(f"DeLong {key}: reference {ref[key]!r} != fast {fast[key]!r}")
+    y_big, s_big = data(1_000_000)
+    t_big, big = median_time(lambda: delong_auc_ci(y_big, s_big), repeats)
+    return {
+        "n_compare": 20_000,
+        "reference_s": t_ref,
+        "fast_s": t_fast,
+        "ratio": t_ref / t_fast,
+        "agree": True,
+        "n_large": 1_000_000,
+        "fast_large_s": t_big,
+        "auc_large": big["auc"],
+        "fast_function": f"{delong_auc_ci.__module__}.delong_auc_ci",
+    }
+
+
+# -------------------------------------------------------------------------------------------------- FROC
+def synthetic_luna16(seed: int = 0, n_scans: int = 888, marks_per_scan: int = 100):
+    """888 scans, 1,186 nodules, ~1 excluded finding per scan, exactly ``marks_per_scan`` marks per scan
+    (a mark near 85% of nodules, some on excluded findings, the rest random false positives)."""
+    rng = np.random.default_rng(seed)
+    uids = [f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{seed}{i:06d}" for i in range(n_scans)]
+    ann_cols: dict[str, list] = {k: [] for k in ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")}
+    exc_cols: dict[str, list] = {k: [] for k in ann_cols}
+    res_cols: dict[str, list] = {k: [] for k in ("seriesuid", "coordX", "coordY", "coordZ", "probability")}
+
+    def add(cols, uid, xyz, last_key, last):
+        cols["seriesuid"].append(uid)
+        cols["coordX"].append(xyz[0])
+        cols["coordY"].append(xyz[1])
+        cols["coordZ"].append(xyz[2])
+        cols[last_key].append(last)
+
+    nodules_per_scan = rng.multinomial(1186, np.full(n_scans, 1.0 / n_scans))
+    for uid, n_nodules in zip(uids, nodules_per_scan):
+        n_marks = 0
+        for _ in range(int(n_nodules)):
+            c = rng.uniform(-150, 150, 3)
+            d = float(rng.uniform(3, 30)) if rng.uniform() > 0.02 else -1.0
+            add(ann_cols, uid, c, "diameter_mm", d)
+            if rng.uniform() < 0.85 and n_marks < marks_per_scan:
+                r = (10.0 if d < 0 else d) / 2
+                add(res_cols, uid, c + rng.uniform(-r, r, 3) / 2, "probability", float(rng.beta(6, 1.5)))
+                n_marks += 1
+        for _ in range(int(rng.poisson(1.0))):
+            c = rng.uniform(-150, 150, 3)
+            add(exc_cols, uid, c, "diameter_mm", float(rng.uniform(3, 10)))
+            if rng.uniform() < 0.5 and n_marks < marks_per_scan:
+                add(res_cols, uid, c, "probability", float(rng.beta(3, 3)))
+                n_marks += 1
+        for _ in range(marks_per_scan - n_marks):
+            add(res_cols, uid, rng.uniform(-150, 150, 3), "probability", float(rng.beta(1.2, 8)))
+
+    def arrays(cols):
+        return {k: np.asarray(v, dtype=str if k == "seriesuid" else np.float64) for k, v in cols.items()}
+
+    return uids, arrays(ann_cols), arrays(exc_cols), arrays(res_cols)
+
+
+def froc_reference(annotations, results, seriesuids, excluded, max_marks=100) -> dict[str, Any]:
+    """Plain per-mark loops following the published LUNA16 script; returns sensitivities and CPM."""
+    def rows_by_scan(table, last):
+        out: dict[str, list] = {}
+        for i, uid in enumerate(table["seriesuid"].tolist()):
+            out.setdefault(uid, []).append(
+                (float(table["coordX"][i]), float(table["coordY"][i]), float(table["coordZ"][i]),
+                 float(table[last][i]))
+            )
+        return out
+
+    marks_by = rows_by_scan(results, "probability")
+    nod_by = rows_by_scan(annotations, "diameter_mm")
+    exc_by = rows_by_scan(excluded, "diameter_mm")
+    labels, probs, n_missed = [], [], 0
+    for uid in seriesuids:
+        cands = marks_by.get(uid, [])
+        if len(cands) > max_marks:
+            cut = sorted((c[3] for c in cands), reverse=True)[max_marks]
+            cands = [c for c in cands if c[3] > cut]
+        remaining = set(range(len(cands)))
+        findings = [(f, True) for f in nod_by.get(uid, [])] + [(f, False) for f in exc_by.get(uid, [])]
+        for (x, y, z, d), included in findings:
+            r2 = ((10.0 if d < 0 else d) / 2.0) ** 2
+            best = None
+            for k, (cx, cy, cz, p) in enumerate(cands):
+                if (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < r2:
+                    if included:
+                        best = p if best is None or p > best else best
+                    remaining.discard(k)
+            if included:
+                if best is None:
+                    n_missed += 1
+                else:
+                    labels.append(1)
+                    probs.append(best)
+        for k in remaining:
+            labels.append(0)
+            probs.append(cands[k][3])
+    lab = np.asarray(labels)
+    n_det, n_fp = int(lab.sum()), int((lab == 0).sum())
+    fpr, tpr, _ = roc_curve(lab, np.asarray(probs))
+    fps = fpr * n_fp / len(seriesuids)
+    sens = tpr * n_det / (n_det + n_missed)
+    grid = np.linspace(0.125, 8, 10001)
+    targets = np.array([0.125, 0.25, 0.5, 1, 2, 4, 8])
+    at = np.interp(grid[np.argmin(np.abs(grid[None] - targets[:, None]), axis=1)], fps, sens)
+    return {"sensitivities": at.tolist(), "cpm": float(at.mean())}
+
+
+def bench_froc(repeats: int) -> dict[str, Any]:
+    uids, annotations, excluded, results = synthetic_luna16()
+    t_ref, ref = median_time(lambda: froc_reference(annotations, results, uids, excluded), repeats)
+    t_fast, fast = median_time(lambda: luna16_froc(annotations, results, uids, excluded), repeats)
+    if abs(ref["cpm"] - fast["cpm"]) > 1e-12:
+        raise AssertionError(f"FROC CPM: reference {ref['cpm']!r} != fast {fast['cpm']!r}")
+    t_boot, boot = median_time(
+        lambda: luna16_froc(annotations, results, uids, excluded, n_bootstraps=1000), max(1, repeats // 2)
+    )
+    return {
+        "n_scans": fast["n_scans"],
+        "n_marks": int(results["seriesuid"].size),
+        "n_nodules": fast["n_nodules"],
+        "cpm": fast["cpm"],
+        "cpm_agree": True,
+        "reference_s": t_ref,
+        "fast_s": t_fast,
+        "ratio": t_ref / t_fast,
+        "fast_bootstrap1000_s": t_boot,
+        "cpm_ci": boot["cpm_ci"],
+    }
+
+
+# ------------------------------------------------------------------------------------------- RESULTS.md
+def results_section(report: dict[str, Any]) -> str:
+    d, f, m = report["delong"], report["froc"], report["machine"]
+    lines = [
+        SECTION,
+        "",
+        f"Measured {report['date']} on {m['platform']} ({m['processor']}), {m['cpus_usable']} usable of "
+        f"{m['cpu_count']} CPUs, Python {m['python']}, numpy {m['numpy']}; medians of {report['repeats']} "
+        "repeats. Ratios compare with a plain reference in the same run.",
+        "",
+        "| Metric | Size | Reference (s) | medbundle (s) | Speed-up | Check |",
+        "|---|---|---|---|---|---|",
+        f"| DeLong AUROC + CI (`delong_auc_ci`) vs textbook O(m n) | {d['n_compare']:,} scores | "
+        f"{d['reference_s']:.3f} | {d['fast_s']:.4f} | {d['ratio']:.0f}x | AUC, SE, CI equal (rel 1e-9) |",
+        f"| DeLong AUROC + CI (`delong_auc_ci`) | {d['n_large']:,} scores | - | {d['fast_large_s']:.3f} "
+        "| - | - |",
+        f"| LUNA16 FROC (`luna16_froc`) vs per-mark loop | {f['n_scans']} scans x 100 marks, "
+        f"{f['n_nodules']:,} nodules | {f['reference_s']:.3f} | {f['fast_s']:.4f} | {f['ratio']:.0f}x | "
+        f"CPM equal ({f['cpm']:.4f}) |",
+        f"| LUNA16 FROC + 1,000 scan bootstraps | same | - | {f['fast_bootstrap1000_s']:.3f} | - | "
+        f"CPM CI {f['cpm_ci'][0]:.4f}-{f['cpm_ci'][1]:.4f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def update_results_md(report: dict[str, Any], path: str = RESULTS_MD) -> str:
+    """Insert or replace this script's section of ``benchmarks/RESULTS.md``, leaving other sections alone."""
+    section = results_section(report)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    else:
+        text = "# Benchmark results\n"
+    lines = text.splitlines()
+    if SECTION in lines:
+        start = lines.index(SECTION)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new_lines = lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]
+        text = "\n".join(new_lines).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    parser.add_argument("--no-results-md", action="store_true", help="do not update benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report: dict[str, Any] = {
+            "benchmark": "metrics",
+            "date": _dt.date.today().isoformat(),
+            "repeats": args.repeats,
+            "machine": machine_info(),
+            "delong": bench_delong(args.repeats),
+            "froc": bench_froc(args.repeats),
+        }
+    if not args.no_results_md:
+        report["results_md"] = update_results_md(report)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
