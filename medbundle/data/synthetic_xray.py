@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from medbundle.data.chestxray import CHESTXRAY14_FINDINGS
+from medbundle.data.dicom_io import ds_string, new_dataset, save_dicom
 
 __all__ = [
     "DEFAULT_PREVALENCES",
@@ -200,11 +201,6 @@ def render_chest_image(
 # ----------------------------------------------------------------------------------------------------------
 # DICOM writing (pydicom 2.4 and 3.x)
 # ----------------------------------------------------------------------------------------------------------
-def _ds(value: float) -> str:
-    """A DICOM DS string (at most 16 characters)."""
-    return f"{value:.10g}"
-
-
 def write_xray_dicom(
     path: str | os.PathLike,
     image: np.ndarray,
@@ -237,9 +233,7 @@ def write_xray_dicom(
     -------
     The path written. Encoding is Explicit VR Little Endian with a 128-byte preamble and file meta.
     """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     if variant not in DICOM_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(DICOM_VARIANTS)}, got {variant}.")
@@ -272,16 +266,7 @@ def write_xray_dicom(
         return generate_uid() if uid_seed is None else generate_uid(entropy_srcs=[uid_seed, tag])
 
     sop_uid = uid("sop")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = _DX_PRESENTATION_UID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = _DX_PRESENTATION_UID
-    ds.SOPInstanceUID = sop_uid
+    ds = new_dataset(_DX_PRESENTATION_UID, sop_uid)
     ds.StudyInstanceUID = uid("study")
     ds.SeriesInstanceUID = uid("series")
     ds.Modality = "DX"
@@ -301,26 +286,20 @@ def write_xray_dicom(
     ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 1 if signed else 0
-    ds.ImagerPixelSpacing = [_ds(pixel_spacing), _ds(pixel_spacing)]
-    ds.PixelSpacing = [_ds(pixel_spacing), _ds(pixel_spacing)]
+    ds.ImagerPixelSpacing = [ds_string(pixel_spacing), ds_string(pixel_spacing)]
+    ds.PixelSpacing = [ds_string(pixel_spacing), ds_string(pixel_spacing)]
     if variant in (2, 4):
-        ds.RescaleSlope = _ds(slope)
-        ds.RescaleIntercept = _ds(intercept)
+        ds.RescaleSlope = ds_string(slope)
+        ds.RescaleIntercept = ds_string(intercept)
         ds.RescaleType = "US"
     if window is not None:
         centers, widths = window
-        ds.WindowCenter = [_ds(c) for c in centers] if len(centers) > 1 else _ds(centers[0])
-        ds.WindowWidth = [_ds(w) for w in widths] if len(widths) > 1 else _ds(widths[0])
+        ds.WindowCenter = [ds_string(c) for c in centers] if len(centers) > 1 else ds_string(centers[0])
+        ds.WindowWidth = [ds_string(w) for w in widths] if len(widths) > 1 else ds_string(widths[0])
         ds.VOILUTFunction = "LINEAR"
     ds.PixelData = pixels.tobytes()
 
-    path = Path(path)
-    if int(pydicom.__version__.split(".")[0]) >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pydicom 2.x: encoding comes from these attributes
-        ds.is_little_endian = True
-        ds.is_implicit_VR = False
-        ds.save_as(path, write_like_original=False)
+    path = save_dicom(ds, path)
     return path
 
 

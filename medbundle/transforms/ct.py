@@ -1,0 +1,449 @@
+"""CT-specific transforms and readers: HU windowing presets, body masks, position-sorted DICOM series.
+
+What this adds over MONAI:
+
+- :class:`CTWindowd`: MONAI's ``ScaleIntensityRanged`` takes ``a_min``/``a_max``; radiologists think in
+  window level/width (WL/WW) and named presets (lung, mediastinum, bone, ...). This transform takes those,
+  and can stack several windows as channels (one channel per preset) for multi-window network input.
+- :class:`BodyMaskd`: a foreground (patient body) mask from HU: threshold, largest 3D connected component,
+  holes filled slice by slice so that the lungs (air inside the body) count as body. Used to draw training
+  patches inside the patient (``RandCropByPosNegLabeld`` / ``RandWeightedCropd`` with ``label_key`` or
+  ``w_key`` = the mask) instead of in the air around it.
+- :class:`CTSeriesReader`: MONAI's ``PydicomReader`` (1.4-1.6) stacks the slices of a series folder in
+  ``InstanceNumber`` order. Real series do not always number slices in position order (several
+  acquisitions in one series, renumbered exports), and then the volume comes out scrambled. This reader
+  orders the slices by their position along the slice normal (``ImagePositionPatient`` projected on the
+  cross product of the ``ImageOrientationPatient`` vectors) and is safe to share between threads (MONAI's
+  keeps per-call state on the reader between ``read`` and ``get_data``).
+- :class:`CTImageReader` / :func:`ct_readers`: one reader for datalists that mix NIfTI files and DICOM
+  series folders (``.mhd`` and other formats need MONAI's ITKReader, which needs ``itk``).
+
+Conventions: images are channel-first, ``(C, X, Y, Z)`` in HU after ``LoadImaged`` +
+``EnsureChannelFirstd`` (+ ``Orientationd(axcodes="RAS")``, after which the last axis runs
+inferior -> superior and axial slices are ``[..., k]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ImageReader, NibabelReader, PydicomReader
+from monai.data.meta_tensor import MetaTensor
+from monai.transforms import MapTransform, ScaleIntensityRange
+from monai.utils import convert_to_dst_type, ensure_tuple
+from scipy import ndimage
+
+__all__ = [
+    "WINDOW_PRESETS",
+    "window_range",
+    "CTWindowd",
+    "body_mask",
+    "BodyMaskd",
+    "CTSeriesReader",
+    "CTImageReader",
+    "ct_readers",
+    "dicom_position_order",
+]
+
+#: Named CT windows as (level = centre WL, width WW), both in HU.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "bone": (400.0, 3500.0),
+    "brain": (40.0, 80.0),
+    "abdomen": (40.0, 400.0),
+}
+
+
+def window_range(
+    preset: str | None = "lung", level: float | None = None, width: float | None = None
+) -> tuple[float, float]:
+    """HU range ``(WL - WW/2, WL + WW/2)`` of a window.
+
+    Parameters
+    ----------
+    preset
+        A key of :data:`WINDOW_PRESETS`, or None when both ``level`` and ``width`` are given.
+    level, width
+        Window centre and width in HU; each one given overrides that value of the preset.
+
+    Raises
+    ------
+    ValueError
+        Unknown preset (the message lists the presets), a missing level/width without preset, or width <= 0.
+    """
+    if preset is not None:
+        if preset not in WINDOW_PRESETS:
+            raise ValueError(
+                f"unknown CT window preset {preset!r}; use one of {sorted(WINDOW_PRESETS)} "
+                "or pass level= and width= (HU) with preset=None."
+            )
+        p_level, p_width = WINDOW_PRESETS[preset]
+        level = p_level if level is None else level
+        width = p_width if width is None else width
+    if level is None or width is None:
+        raise ValueError(
+            f"CT window needs a level and a width (HU), got level={level}, width={width}; "
+            f"pass both or a preset from {sorted(WINDOW_PRESETS)}."
+        )
+    if not float(width) > 0:
+        raise ValueError(f"CT window width must be > 0 HU, got {width}.")
+    return float(level) - float(width) / 2.0, float(level) + float(width) / 2.0
+
+
+class CTWindowd(MapTransform):
+    """Map a CT window of HU values linearly onto ``[b_min, b_max]`` (dictionary transform).
+
+    ``[WL - WW/2, WL + WW/2]`` goes to ``[b_min, b_max]``; values outside are clipped when ``clip``. This is
+    MONAI's ``ScaleIntensityRange(a_min=WL - WW/2, a_max=WL + WW/2, ...)`` (used internally, so results are
+    identical), driven by named presets. (DICOM's VOI window, PS3.3 C.11.2.1.2, places the edges 0.5 HU
+    differently; the difference is below the display resolution of any preset.)
+
+    Parameters
+    ----------
+    keys
+        Keys of the CT images, channel-first arrays/tensors in HU of any spatial size; numpy arrays,
+        torch tensors and MetaTensors (meta is kept) are accepted, on any device.
+    preset
+        Window name from :data:`WINDOW_PRESETS` (``lung``, ``mediastinum``, ``bone``, ``brain``, ``abdomen``);
+        None when ``level`` and ``width`` are both given.
+    level, width
+        Window centre and width in HU, overriding the preset's values.
+    presets
+        Several preset names: the output holds one window per preset, stacked along the channel axis
+        (input ``(C, ...)`` -> output ``(C * len(presets), ...)``, windows in the order given, each applied
+        to all input channels). When given, ``preset``, ``level`` and ``width`` are ignored.
+    b_min, b_max
+        Output range (float32).
+    clip
+        Clip to ``[b_min, b_max]``.
+    allow_missing_keys
+        Skip keys that are missing from the data.
+
+    Raises
+    ------
+    ValueError
+        Unknown preset name (the message lists the presets), or a window without level/width, or width <= 0.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        preset: str | None = "lung",
+        level: float | None = None,
+        width: float | None = None,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+        presets: Sequence[str] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if presets is not None:
+            names = [presets] if isinstance(presets, str) else list(presets)
+            if not names:
+                raise ValueError(f"CTWindowd: presets is empty; give at least one of {sorted(WINDOW_PRESETS)}.")
+            self.ranges = [window_range(p) for p in names]
+        else:
+            self.ranges = [window_range(preset, level, width)]
+        self.scalers = [
+            ScaleIntensityRange(a_min=lo, a_max=hi, b_min=b_min, b_max=b_max, clip=clip) for lo, hi in self.ranges
+        ]
+
+    def window(self, img: Any) -> Any:
+        """Window one channel-first image; see the class docstring for shapes."""
+        outs = [s(img) for s in self.scalers]
+        if not isinstance(img, torch.Tensor):  # MONAI returns a MetaTensor for numpy input: give numpy back
+            outs = [
+                np.asarray(o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else o, np.float32) for o in outs
+            ]
+        if len(outs) == 1:
+            return outs[0]
+        if isinstance(outs[0], torch.Tensor):
+            return torch.cat(outs, dim=0)  # a MetaTensor keeps the meta of the first
+        return np.concatenate(outs, axis=0)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.window(d[key])
+        return d
+
+
+def body_mask(
+    image: np.ndarray,
+    threshold_hu: float = -500.0,
+    largest_component: bool = True,
+    fill_holes: bool = True,
+    slice_axis: int = -1,
+) -> np.ndarray:
+    """Body (foreground) mask of a CT volume or slice in HU.
+
+    Parameters
+    ----------
+    image
+        Spatial array (no channel axis), 2D ``(X, Y)`` or 3D ``(X, Y, Z)``, HU.
+    threshold_hu
+        Voxels above this value are tissue (air is about -1000 HU, fat about -100 HU).
+    largest_component
+        Keep only the largest connected component (6-connectivity in 3D), dropping the table, clothes and
+        noise specks outside the patient.
+    fill_holes
+        Fill holes in each slice along ``slice_axis`` (2D: the whole image). Slice-wise filling makes the
+        lungs part of the body even though, in a real scan, they connect to outside air through the trachea
+        (a 3D fill would leave them empty).
+    slice_axis
+        Spatial axis across which slices are taken (the last, axial after ``Orientationd("RAS")``).
+
+    Returns
+    -------
+    np.ndarray, bool, same shape as ``image``. All False when no voxel exceeds the threshold.
+    """
+    img = np.asarray(image)
+    if img.ndim not in (2, 3):
+        raise ValueError(f"body_mask expects a 2D or 3D spatial array in HU, got shape {img.shape}.")
+    mask = img > threshold_hu
+    if largest_component and mask.any():
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            mask = labels == int(np.argmax(sizes))
+    if fill_holes and mask.any():
+        if mask.ndim == 2:
+            mask = ndimage.binary_fill_holes(mask)
+        else:
+            moved = np.moveaxis(mask, slice_axis, 0)
+            filled = np.stack([ndimage.binary_fill_holes(s) if s.any() else s for s in moved], axis=0)
+            mask = np.moveaxis(filled, 0, slice_axis)
+    return np.ascontiguousarray(mask)
+
+
+class BodyMaskd(MapTransform):
+    """Add a uint8 body mask, computed from a channel-first CT image in HU (dictionary transform).
+
+    Parameters
+    ----------
+    keys
+        Key of the image, shape ``(C, X, Y, Z)`` (or ``(C, X, Y)``) in HU; channel 0 is used. Run it
+        before intensity windowing.
+    mask_key
+        Key the mask is written to: uint8 in {0, 1}, shape ``(1, X, Y, Z)``, same type as the image (a
+        MetaTensor keeps the image's meta, so ``Spacingd``/``Orientationd`` and crops treat both alike).
+    threshold_hu, largest_component, fill_holes, slice_axis
+        See :func:`body_mask` (``slice_axis`` counts spatial axes, -1 = the last).
+    allow_missing_keys
+        Skip keys that are missing from the data.
+
+    Use with ``RandCropByPosNegLabeld(label_key=mask_key, pos=1, neg=0, ...)`` to draw patches centred
+    inside the body.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        mask_key: str = "body_mask",
+        threshold_hu: float = -500.0,
+        largest_component: bool = True,
+        fill_holes: bool = True,
+        slice_axis: int = -1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"BodyMaskd takes one image key, got {list(self.keys)}.")
+        self.mask_key = mask_key
+        self.kwargs = {
+            "threshold_hu": threshold_hu,
+            "largest_component": largest_component,
+            "fill_holes": fill_holes,
+            "slice_axis": slice_axis,
+        }
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            if arr.ndim not in (3, 4):
+                raise ValueError(
+                    f"BodyMaskd: {key!r} must be channel-first (C, X, Y[, Z]) in HU, got shape {arr.shape}; "
+                    "add EnsureChannelFirstd before it."
+                )
+            mask = body_mask(arr[0], **self.kwargs)[None].astype(np.uint8)
+            out = convert_to_dst_type(mask, img, dtype=torch.uint8 if isinstance(img, torch.Tensor) else np.uint8)[0]
+            if isinstance(img, MetaTensor) and isinstance(out, MetaTensor):
+                out.meta = copy.deepcopy(dict(img.meta))
+                out.applied_operations = copy.deepcopy(img.applied_operations)
+            d[self.mask_key] = out
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DICOM series read in position order
+# ----------------------------------------------------------------------------------------------------------
+def dicom_position_order(datasets: Sequence[Any], name: str = "series") -> list[int]:
+    """Indices that sort the slices of one series by position along the slice normal (ascending).
+
+    The normal is ``row x column`` of the first slice's ``ImageOrientationPatient``; the position is
+    ``ImagePositionPatient`` projected on it (mm). Slices without these tags are ordered by
+    ``InstanceNumber`` (as MONAI does).
+
+    Raises
+    ------
+    ValueError
+        Two slices at the same position (usually two series in one folder); the message names ``name``.
+    """
+    if not datasets:
+        return []
+    first = datasets[0]
+    if not all(hasattr(ds, "ImagePositionPatient") for ds in datasets) or not hasattr(first, "ImageOrientationPatient"):
+        return sorted(range(len(datasets)), key=lambda i: int(getattr(datasets[i], "InstanceNumber", i)))
+    iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.array([np.dot(normal, [float(v) for v in ds.ImagePositionPatient]) for ds in datasets])
+    order = np.argsort(pos, kind="stable")
+    if len(pos) > 1 and np.min(np.diff(pos[order])) < 1e-4:
+        raise ValueError(
+            f"{name}: two or more slices share the same position along the slice normal; the folder probably "
+            "holds several series (or duplicate files). Put each series in its own folder."
+        )
+    return [int(i) for i in order]
+
+
+class _Series(list):
+    """A list of pydicom Datasets (one series) plus the file names and folder they came from."""
+
+    filenames: list[str]
+    folder: str
+
+
+class CTSeriesReader(PydicomReader):
+    """MONAI ``PydicomReader`` that stacks a series folder in slice-position order and is thread-safe.
+
+    Same arguments and outputs as :class:`monai.data.PydicomReader` (array ``(X, Y, Z)`` after its
+    ``swap_ij``, affine in RAS by default, HU via RescaleSlope/Intercept as float32). Differences:
+
+    - slices are ordered by :func:`dicom_position_order`, whatever their ``InstanceNumber`` (the
+      Datasets' ``InstanceNumber`` is rewritten in memory to that order, which is what MONAI stacks by);
+    - ``read`` returns the per-call state (file names) with the data instead of keeping it on the
+      reader, so one reader may serve several threads (CacheDataset / ThreadDataLoader workers).
+
+    Only one series folder (or file list) per call is supported.
+    """
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
+        """Read a DICOM file, a list of slice files, or a series folder (see ``PydicomReader.read``)."""
+        names = ensure_tuple(data)
+        if len(names) == 1 and Path(str(names[0])).is_dir():
+            folder = str(names[0])
+            worker = copy.copy(self)
+            img = PydicomReader.read(worker, folder, **kwargs)
+            if not isinstance(img, list):  # a folder with a single slice
+                return img
+            files = [str(f) for f in worker.filenames[0]]
+        elif len(names) > 1 and all(Path(str(n)).is_file() for n in names):
+            worker = copy.copy(self)
+            img = [PydicomReader.read(worker, str(n), **kwargs) for n in names]
+            folder, files = str(Path(str(names[0])).parent), [str(n) for n in names]
+        else:
+            return PydicomReader.read(copy.copy(self), data, **kwargs)
+        order = dicom_position_order(img, folder)
+        series = _Series(img[i] for i in order)
+        series.filenames = [files[i] for i in order]
+        series.folder = folder
+        for rank, ds in enumerate(series, start=1):
+            ds.InstanceNumber = rank
+        return series
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """Stack the slices read by :meth:`read` into ``(array, meta)`` as ``PydicomReader.get_data``."""
+        worker = copy.copy(self)
+        if isinstance(img, _Series):
+            worker.has_series = True
+            worker.filenames = [img.filenames]
+            return PydicomReader.get_data(worker, list(img))
+        worker.has_series = False
+        worker.filenames = [str(getattr(img, "filename", ""))]
+        return PydicomReader.get_data(worker, img)
+
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+
+
+def _is_dicom_source(name: str | os.PathLike) -> bool:
+    path = Path(str(name))
+    if path.is_dir():
+        return True
+    low = path.name.lower()
+    if low.endswith(_DICOM_SUFFIXES):
+        return True
+    if low.endswith(_NIFTI_SUFFIXES):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+class CTImageReader(ImageReader):
+    """One reader for CT datalists mixing NIfTI files and DICOM series folders.
+
+    DICOM series folders, ``.dcm`` files and files with the ``DICM`` magic go to :class:`CTSeriesReader`;
+    ``.nii``/``.nii.gz`` to MONAI's ``NibabelReader``. Both give ``(X, Y, Z)`` arrays with RAS affines, so
+    ``Orientationd(axcodes="RAS")`` brings NIfTI and DICOM of one scan to the same array. Routing inside one
+    reader avoids ``LoadImage`` trying readers in turn (``PydicomReader`` claims every file name).
+
+    Parameters
+    ----------
+    dicom_kwargs, nifti_kwargs
+        Keyword arguments of the two readers.
+    """
+
+    def __init__(self, dicom_kwargs: Mapping[str, Any] | None = None, nifti_kwargs: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.dicom = CTSeriesReader(**dict(dicom_kwargs or {}))
+        self.nifti = NibabelReader(**dict(nifti_kwargs or {}))
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        """True for NIfTI and DICOM names and for folders."""
+        return all(_is_dicom_source(n) or str(n).lower().endswith(_NIFTI_SUFFIXES) for n in ensure_tuple(filename))
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
+        """Read with the DICOM reader for folders/DICOM files, NibabelReader for NIfTI."""
+        names = ensure_tuple(data)
+        for n in names:
+            if not os.path.exists(str(n)):
+                raise ValueError(f"{n}: file or folder not found.")
+        kinds = {_is_dicom_source(n) for n in names}
+        if len(kinds) > 1:
+            raise ValueError(f"{[str(n) for n in names]}: cannot stack DICOM and NIfTI inputs into one image.")
+        if kinds == {True}:
+            return ("dicom", self.dicom.read(data, **kwargs))
+        bad = [str(n) for n in names if not str(n).lower().endswith(_NIFTI_SUFFIXES)]
+        if bad:
+            raise ValueError(
+                f"{bad[0]}: CTImageReader reads NIfTI (.nii, .nii.gz) and DICOM (files or series folders); "
+                "for .mhd/.nrrd install itk and use reader='ITKReader'."
+            )
+        return ("nifti", self.nifti.read(data, **kwargs))
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """Delegate to the reader that read ``img``."""
+        kind, obj = img
+        return (self.dicom if kind == "dicom" else self.nifti).get_data(obj)
+
+
+def ct_readers(**kwargs: Any) -> list[ImageReader]:
+    """``[CTImageReader(**kwargs)]`` for ``LoadImaged(reader=...)``; bundle config:
+    ``"reader": "$medbundle.transforms.ct.ct_readers()"``."""
+    return [CTImageReader(**kwargs)]
