@@ -66,7 +66,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from medbundle.sampling import format_imbalance_report, imbalance_report
 
     names = args.class_names.split(",") if args.class_names else None
-    rep = imbalance_report(args.datalist, split=args.split, label_key=args.label_key, class_names=names)
+    with open(args.datalist) as f:
+        content = json.load(f)
+    if names is None and isinstance(content, dict) and isinstance(content.get("labels"), list):
+        names = [str(n) for n in content["labels"]]  # adapters record the class names in the datalist
+    rep = imbalance_report(content, split=args.split, label_key=args.label_key, class_names=names)
     print(json.dumps(rep, indent=2) if args.json else format_imbalance_report(rep))
     return 0
 

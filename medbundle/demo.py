@@ -44,7 +44,7 @@ def _prepare_chest_xray(data_root: Path) -> dict[str, Any]:
 
     ds = data_root / "ChestXray14"
     if not (ds / "Data_Entry_2017.csv").is_file():
-        generate_chestxray14(ds, seed=0)
+        generate_chestxray14(ds, seed=0, min_pos_per_split=8)
     datalist = chestxray14_datalist(ds, val_fraction=0.15, seed=0)
     test_list = write_datalist(datalist, data_root / "datalist.json")
     return {"dataset_dir": str(ds), "val_fraction": 0.15, "inference": {"input": str(test_list)}}
@@ -63,6 +63,16 @@ _PROGRESS = re.compile(
     r"(Epoch\[\d+\] Metrics|Key metric|Epoch\[\d+\] Complete|skipping|ERROR|Error|Traceback|wrote |"
     r"Current learning rate|epoch \d+/\d+)"
 )
+
+
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - ")
+
+
+def _short(line: str, width: int = 150) -> str:
+    """A log line without its date stamp and logger name, cut to ``width`` characters."""
+    text = _STAMP.sub("", line.rstrip())
+    text = re.sub(r"^(ignite\.engine\.engine\.|monai\.\S+ - |medbundle\.\S+ - )", "", text)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _config_list(paths: list[Path]) -> str:
@@ -120,7 +130,7 @@ def run_bundle_step(
         "--bundle_root", str(workdir),
     ]
     for k, v in (overrides or {}).items():
-        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+        cmd += [f"--{k}", v if isinstance(v, str) else repr(v)]  # fire parses Python literals
     t0 = time.perf_counter()
     tail: list[str] = []
     log_f = open(log, "w") if log else None
@@ -133,7 +143,7 @@ def run_bundle_step(
                 log_f.write(line)
             tail = (tail + [line.rstrip()])[-40:]
             if echo and (verbose or _PROGRESS.search(line)):
-                echo(f"  [{step}] {line.rstrip()[-160:]}")
+                echo(f"  [{step}] {_short(line)}")
         rc = proc.wait()
     finally:
         if log_f:

@@ -89,7 +89,7 @@ def test_inference_writes_predictions_skips_unreadable_and_saves_gradcam(trained
     proc = run_bundle(
         ["run", "--config_file", config_list(CFG / "inference.json", CFG / "demo.json"), *META,
          "--bundle_root", str(work), "--input", str(folder), "--output_dir", str(out),
-         "--image_size", "48", "--save_gradcam", "true"]
+         "--image_size", "48", "--save_gradcam", "True"]
     )
     log = proc.stdout + proc.stderr
     assert "broken.png" in log and "notdicom.dcm" in log
@@ -117,7 +117,7 @@ def test_inference_from_datalist_matches_folder_order(trained, tmp_path):
     run_bundle(
         ["run", "--config_file", config_list(CFG / "inference.json", CFG / "demo.json"), *META,
          "--bundle_root", str(work), "--input", str(path), "--output_dir", str(out), "--image_size", "48",
-         "--save_gradcam", "false"]
+         "--save_gradcam", "False"]
     )
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["file"] for r in rows] == [d["image"] for d in dl["testing"]]
@@ -125,9 +125,13 @@ def test_inference_from_datalist_matches_folder_order(trained, tmp_path):
 
 
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "infer")])
-def test_config_properties(config, kind):
+def test_config_properties(config, kind, trained, tmp_path):
+    data, work, _ = trained
     wf = ConfigWorkflow(config_file=str(CFG / config), meta_file=str(CFG / "metadata.json"),
-                        logging_file=str(CFG / "logging.conf"), workflow_type=kind)
+                        logging_file=str(CFG / "logging.conf"), workflow_type=kind,
+                        dataset_dir=str(data if kind == "train" else data / "images"), bundle_root=str(tmp_path),
+                        image_size=48, cache_rate=0.0)
+    wf.initialize()
     assert wf.check_properties() == []
 
 

@@ -155,7 +155,8 @@ class GradCAMSaver:
         self.class_names = list(class_names)
         self.output_dir = Path(output_dir)
         self.thresholds = np.asarray(load_thresholds(thresholds_file, self.class_names)[0])
-        self.enabled = enabled
+        # command-line overrides arrive as text when not written as Python literals ("false")
+        self.enabled = enabled.strip().lower() in ("1", "true", "yes", "on") if isinstance(enabled, str) else bool(enabled)
         self.max_classes = max_classes
         self.filename_key = filename_key
 

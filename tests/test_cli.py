@@ -1,0 +1,74 @@
+"""The ``medbundle`` command: list, report, froc (the demo runs the same configs as the bundle tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from medbundle.cli import main
+
+
+def test_list_shows_every_bundle_with_task_io_and_version(capsys):
+    assert main(["list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    cxr = rows["chest_xray_classification"]
+    assert cxr["task_type"] == "classification"
+    assert cxr["version"] == "0.1.0"
+    assert "1ch 512x512" in cxr["input"] and "14 probabilities" in cxr["output"]
+    assert main(["list"]) == 0
+    assert "chest_xray_classification" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "medbundle.cli", "list"], capture_output=True, text=True, check=True)
+    assert "classification" in out.stdout
+
+
+def test_report_counts_prevalence_and_imbalance(tmp_path, capsys):
+    dl = {
+        "labels": ["A", "B", "C"],
+        "training": [
+            {"image": "1.png", "label": [1, 0, 0]},
+            {"image": "2.png", "label": [1, 1, 0]},
+            {"image": "3.png", "label": [1, 0, None]},
+            {"image": "4.png", "label": [0, 0, 1]},
+        ],
+    }
+    path = tmp_path / "dl.json"
+    path.write_text(json.dumps(dl))
+    assert main(["report", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    by = {c["name"]: c for c in rep["classes"]}
+    assert by["A"]["count"] == 3 and by["B"]["count"] == 1 and by["C"]["count"] == 1
+    assert by["A"]["prevalence"] == pytest.approx(0.75)
+    assert by["C"]["prevalence"] == pytest.approx(1 / 3)  # the missing label is not counted
+    assert by["C"]["missing"] == 1
+    assert rep["imbalance_factor"] == pytest.approx(3.0)
+    assert main(["report", str(path)]) == 0
+    assert "A" in capsys.readouterr().out
+
+
+def test_froc_command_through_main(tmp_path, capsys):
+    (tmp_path / "ann.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,0,0,0,10\ns2,50,50,50,6\n")
+    (tmp_path / "res.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,probability\ns1,1,1,1,0.9\ns1,30,30,30,0.8\ns2,100,100,100,0.7\n"
+    )
+    (tmp_path / "uids.csv").write_text("s1\ns2\n")
+    rc = main(["froc", "--annotations", str(tmp_path / "ann.csv"), "--results", str(tmp_path / "res.csv"),
+               "--seriesuids", str(tmp_path / "uids.csv"), "--out", str(tmp_path / "out"), "--bootstrap", "0"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    # one of two nodules is found at the top score, before any false positive: sensitivity 0.5 everywhere
+    assert res["cpm"] == pytest.approx(0.5)
+    assert (tmp_path / "out" / "froc.png").is_file()
+
+
+def test_demo_refuses_a_workdir_inside_the_source_tree(capsys):
+    from medbundle.bundle import bundle_dir
+
+    inside = bundle_dir("chest_xray_classification") / "work"
+    assert main(["demo", "chest_xray_classification", "--workdir", str(inside)]) == 2
+    assert "inside the bundle source" in capsys.readouterr().err
