@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +30,9 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_label, machine_info, replace_section  # noqa: E402
+
 CFG = REPO / "bundles" / "chest_xray_classification" / "configs"
 
 
@@ -125,18 +126,10 @@ def bench_inference(image: Path, size: int, repeats: int) -> dict:
             "latency_ms_min": round(1000 * min(times), 1), "repeats": repeats}
 
 
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def write_results(report: dict, path: Path) -> None:
     """Replace (or add) this benchmark's section in benchmarks/RESULTS.md."""
     head = "## Chest X-ray bundle (benchmarks/chest_xray.py)"
-    dev = report["machine"].get("gpu", f"CPU, {report['machine']['cpu_count']} cores")
+    dev = device_label(report["machine"])
     lines = [head, "", f"Measured {time.strftime('%Y-%m-%d')} on {dev} ({report['machine']['platform']}, "
              f"torch {report['machine']['torch']}).", "",
              "| size | batch | bundle pipeline img/s | plain CPU pipeline img/s | ratio "
@@ -149,14 +142,7 @@ def write_results(report: dict, path: Path) -> None:
     lines += ["", "bundle = the train.json pipeline (cached deterministic transforms, augmentation after "
               "EnsureTyped(device), ThreadDataLoader); plain = the same transforms uncached in DataLoader "
               "workers on the CPU. Training step = forward, weighted BCE, backward, AdamW.", ""]
-    text = path.read_text() if path.is_file() else "# Benchmark results\n\n"
-    start = text.find(head)
-    if start >= 0:
-        end = text.find("\n## ", start + len(head))
-        text = text[:start] + "\n".join(lines) + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines)
-    path.write_text(text)
+    replace_section(head, "\n".join(lines), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "ChestXray14"
         generate_chestxray14(data, n_patients=max(8, args.images // 2), images_per_patient=(2, 2),
                              size=max(args.sizes), n_dicom=4, seed=0, min_pos_per_split=1)
-        report = {"benchmark": "chest_xray", "machine": machine(), "training": [], "inference": []}
+        report = {"benchmark": "chest_xray", "machine": machine_info(), "training": [], "inference": []}
         image = sorted((data / "images").glob("*.png"))[0]
         for size in args.sizes:
             report["training"].append(bench_training(data, size, args.batch, args.iters, args.workers))

@@ -21,7 +21,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,28 +36,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from medbundle.metrics.froc import luna16_froc  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS_MD, machine_info, replace_section  # noqa: E402
+
 try:  # the DeLong functions live in medbundle.metrics.roc; accept either home
     from medbundle.metrics.classification import delong_auc_ci  # type: ignore[attr-defined]  # noqa: E402
 except ImportError:  # pragma: no cover - depends on the other module's layout
     from medbundle.metrics.roc import delong_auc_ci  # noqa: E402
 
 SECTION = "## Metrics (benchmarks/metrics.py)"
-RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-
-
-def machine_info() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -264,24 +250,9 @@ def results_section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_results_md(report: dict[str, Any], path: str = RESULTS_MD) -> str:
+def update_results_md(report: dict[str, Any], path: str | os.PathLike = RESULTS_MD) -> str:
     """Insert or replace this script's section of ``benchmarks/RESULTS.md``, leaving other sections alone."""
-    section = results_section(report)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    else:
-        text = "# Benchmark results\n"
-    lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new_lines = lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]
-        text = "\n".join(new_lines).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    replace_section(SECTION, results_section(report), path)
     return path
 
 

@@ -50,9 +50,26 @@ def _prepare_chest_xray(data_root: Path) -> dict[str, Any]:
     return {"dataset_dir": str(ds), "val_fraction": 0.15, "inference": {"input": str(test_list)}}
 
 
+def _prepare_ct(data_root: Path) -> dict[str, Any]:
+    from medbundle.data.ct import synthetic_ct_datalist, write_datalist
+    from medbundle.data.synthetic_ct import generate_ct_dataset
+
+    ds = data_root / "ct_volumes"
+    if not (ds / "labels.csv").is_file():
+        generate_ct_dataset(ds, n_volumes=160, seed=0)
+    datalist = write_datalist(synthetic_ct_datalist(ds, val_fraction=0.2, seed=0), data_root / "datalist.json")
+    return {"dataset_dir": str(ds), "datalist_file": str(datalist), "inference": {"input": str(datalist)}}
+
+
 DEMOS: dict[str, DemoSpec] = {
     "chest_xray_classification": DemoSpec(
         prepare=_prepare_chest_xray,
+        headline=("mean_auroc", "mean AUROC (test)"),
+        threshold=0.90,
+        extra=[("macro.sensitivity", "sensitivity"), ("macro.specificity", "specificity")],
+    ),
+    "ct_volume_classification": DemoSpec(
+        prepare=_prepare_ct,
         headline=("mean_auroc", "mean AUROC (test)"),
         threshold=0.90,
         extra=[("macro.sensitivity", "sensitivity"), ("macro.specificity", "specificity")],

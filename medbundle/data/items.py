@@ -14,9 +14,32 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
 )
 
 
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
 def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
     name = path.name.lower()
     return any(name.endswith(s) for s in suffixes)
+
+
+def _is_series_folder(path: Path) -> bool:
+    """A folder that directly holds DICOM slices (one volume)."""
+    return path.is_dir() and any(p.is_file() and _has_suffix(p, _DICOM_SUFFIXES) for p in path.iterdir())
+
+
+def _scan(path: Path, suffixes: Sequence[str], recursive: bool, dicom_series: bool) -> list[Path]:
+    if dicom_series and _is_series_folder(path):
+        return [path]
+    found: list[Path] = []
+    for p in sorted(path.iterdir()):
+        if p.is_dir():
+            if dicom_series and _is_series_folder(p):
+                found.append(p)
+            elif recursive:
+                found.extend(_scan(p, suffixes, recursive, dicom_series))
+        elif _has_suffix(p, suffixes) and not (dicom_series and _has_suffix(p, _DICOM_SUFFIXES)):
+            found.append(p)
+    return found
 
 
 def inference_items(
@@ -25,6 +48,7 @@ def inference_items(
     split: str = "testing",
     suffixes: Sequence[str] = IMAGE_SUFFIXES,
     recursive: bool = True,
+    dicom_series: bool = False,
 ) -> list[dict]:
     """Build the inference datalist ``[{key: path, "filename": path}, ...]``.
 
@@ -36,6 +60,8 @@ def inference_items(
         split: which list of a datalist JSON to use.
         suffixes: file endings that count as images when scanning a folder.
         recursive: scan sub-folders.
+        dicom_series: 3D data: a folder that directly holds ``.dcm`` files is one item (a DICOM series,
+            read by a series reader), and loose ``.dcm`` files are not items of their own.
 
     Returns:
         A list of dicts; each keeps every field of a datalist item and adds ``"filename"`` (the path as
@@ -52,9 +78,7 @@ def inference_items(
         if not path.exists():
             raise FileNotFoundError(f"inference input not found: {path}")
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in path.glob(pattern) if p.is_file() and _has_suffix(p, suffixes))
-            items = [{key: str(p)} for p in files]
+            items = [{key: str(p)} for p in _scan(path, suffixes, recursive, dicom_series)]
         elif path.suffix.lower() == ".json":
             with open(path) as f:
                 content = json.load(f)

@@ -1,5 +1,6 @@
 """Ignite handlers that put medbundle's metrics and writers into MONAI bundle workflows."""
 
+from medbundle.handlers.cam3d import GradCAMVolumeSaver
 from medbundle.handlers.classification import (
     ClassificationReport,
     MultiLabelAUROC,
@@ -11,6 +12,7 @@ from medbundle.handlers.inference import GradCAMSaver, PredictionsWriter
 __all__ = [
     "ClassificationReport",
     "GradCAMSaver",
+    "GradCAMVolumeSaver",
     "MultiLabelAUROC",
     "PredictionsWriter",
     "load_thresholds",

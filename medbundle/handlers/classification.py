@@ -22,7 +22,7 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import Cumulative
 from monai.utils import min_version, optional_import
 
-from medbundle.metrics.cumulative import MultiLabelAUROCMetric
+from medbundle.metrics.cumulative import MultiLabelAUROCMetric, labels_as_matrix
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 idist, _ = optional_import("ignite", "0.4.11", min_version, "distributed")
@@ -82,6 +82,20 @@ def load_thresholds(path: str | Path | None, class_names: Sequence[str]) -> tupl
     return [0.5] * len(class_names), "default 0.5 (no thresholds file)"
 
 
+def _argmax_summary(y_true: np.ndarray, y_score: np.ndarray) -> dict:
+    """Confusion matrix (rows = true class), accuracy and balanced accuracy of the arg-max prediction."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+    t, p = y_true.argmax(1), y_score.argmax(1)
+    labels = list(range(y_score.shape[1]))
+    return {
+        "confusion_matrix": confusion_matrix(t, p, labels=labels).tolist(),
+        "confusion_matrix_axes": "rows = true class, columns = predicted class (arg-max), class_names order",
+        "accuracy": float((t == p).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(t, p)),
+    }
+
+
 def _is_rank0() -> bool:
     return (not torch.distributed.is_available()) or (not torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
@@ -105,6 +119,9 @@ class ClassificationReport:
         split_name: the name of the evaluated split, recorded in the report.
         confidence: confidence level of the AUROC intervals.
         plot: write ``roc.png``.
+        multiclass: labels are class indices of a softmax classifier: the report adds the confusion
+            matrix of the arg-max prediction (rows = true class), accuracy and balanced accuracy; the
+            per-class figures are one-vs-rest.
         output_transform: maps a decollated output item to ``(pred, label)``.
     """
 
@@ -118,9 +135,11 @@ class ClassificationReport:
         confidence: float = 0.95,
         plot: bool = True,
         prefix: str = "",
+        multiclass: bool = False,
         output_transform: Callable | None = None,
     ) -> None:
         self.class_names = list(class_names)
+        self.multiclass = bool(multiclass)
         self.output_dir = Path(output_dir) if output_dir else None
         self.thresholds_file = thresholds_file
         self.save_thresholds_to = save_thresholds_to
@@ -144,6 +163,7 @@ class ClassificationReport:
         preds, labels = self.output_transform(engine.state.output)
         preds = torch.stack([torch.as_tensor(p).float().reshape(-1) for p in preds])
         labels = torch.stack([torch.as_tensor(y).float().reshape(-1) for y in labels])
+        labels = labels_as_matrix(labels, preds.shape[1])
         self._buffer.extend(preds.detach().cpu(), labels.detach().cpu())
 
     def _complete(self, engine) -> None:
@@ -187,6 +207,8 @@ class ClassificationReport:
         )
         report = {"split": self.split_name, "n_images": int(y_true.shape[0]), "thresholds_source": source,
                   **report}
+        if self.multiclass:
+            report.update(_argmax_summary(y_true, y_score))
         self.report = to_jsonable(report)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         out = self.output_dir / f"{self.prefix}metrics.json"

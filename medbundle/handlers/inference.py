@@ -22,6 +22,13 @@ __all__ = ["GradCAMSaver", "PredictionsWriter"]
 logger = logging.getLogger("medbundle.handlers")
 
 
+def as_bool(value) -> bool:
+    """A config switch as bool; command-line overrides arrive as text unless written as Python literals."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 def _batch_items(engine) -> list[dict]:
     batch = engine.state.batch
     return batch if isinstance(batch, list) else [batch]
@@ -61,6 +68,9 @@ class PredictionsWriter:
         thresholds_file: JSON written by training (``{"thresholds": {name: t}}``); 0.5 if missing.
         filename_key: the datalist key holding the file name.
         dataset: optional dataset with a ``skipped`` list of ``(name, reason)`` (``SafeCacheDataset``).
+        multiclass: softmax outputs: instead of one call per class, one ``predicted`` column with the
+            arg-max class (for two classes with a thresholds file, the second class when its probability
+            reaches its threshold).
     """
 
     def __init__(
@@ -71,7 +81,9 @@ class PredictionsWriter:
         filename_key: str = "filename",
         dataset=None,
         csv_name: str = "predictions.csv",
+        multiclass: bool = False,
     ) -> None:
+        self.multiclass = bool(multiclass)
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.thresholds, self.thresholds_source = load_thresholds(thresholds_file, self.class_names)
@@ -93,18 +105,29 @@ class PredictionsWriter:
                 raise ValueError(f"model gives {p.shape[0]} outputs for {len(self.class_names)} class names")
             self.rows.append((name, p))
 
+    def _predicted(self, p: np.ndarray) -> str:
+        if len(self.class_names) == 2 and self.thresholds_source.endswith(".json"):
+            return self.class_names[1] if p[1] >= self.thresholds[1] else self.class_names[0]
+        return self.class_names[int(np.argmax(p))]
+
     def write(self, engine=None) -> Path:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.csv_name
         thr = np.asarray(self.thresholds)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["file", *self.class_names, *[f"{c}_positive" for c in self.class_names]])
-            for name, p in self.rows:
-                w.writerow([name, *[f"{v:.6f}" for v in p], *[int(v) for v in (p >= thr)]])
+            if self.multiclass:
+                w.writerow(["file", *self.class_names, "predicted"])
+                for name, p in self.rows:
+                    w.writerow([name, *[f"{v:.6f}" for v in p], self._predicted(p)])
+            else:
+                w.writerow(["file", *self.class_names, *[f"{c}_positive" for c in self.class_names]])
+                for name, p in self.rows:
+                    w.writerow([name, *[f"{v:.6f}" for v in p], *[int(v) for v in (p >= thr)]])
         records = [
             {"file": n, "probabilities": dict(zip(self.class_names, to_jsonable(p))),
-             "positive": [c for c, v, t in zip(self.class_names, p, thr) if v >= t]}
+             **({"predicted": self._predicted(p)} if self.multiclass else
+                {"positive": [c for c, v, t in zip(self.class_names, p, thr) if v >= t]})}
             for n, p in self.rows
         ]
         skipped = list(getattr(self.dataset, "skipped", []) or [])
@@ -155,8 +178,7 @@ class GradCAMSaver:
         self.class_names = list(class_names)
         self.output_dir = Path(output_dir)
         self.thresholds = np.asarray(load_thresholds(thresholds_file, self.class_names)[0])
-        # command-line overrides arrive as text when not written as Python literals ("false")
-        self.enabled = enabled.strip().lower() in ("1", "true", "yes", "on") if isinstance(enabled, str) else bool(enabled)
+        self.enabled = as_bool(enabled)
         self.max_classes = max_classes
         self.filename_key = filename_key
 

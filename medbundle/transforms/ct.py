@@ -447,3 +447,55 @@ def ct_readers(**kwargs: Any) -> list[ImageReader]:
     """``[CTImageReader(**kwargs)]`` for ``LoadImaged(reader=...)``; bundle config:
     ``"reader": "$medbundle.transforms.ct.ct_readers()"``."""
     return [CTImageReader(**kwargs)]
+
+
+class CropWeightMapd(MapTransform):
+    """Weight map for :class:`~monai.transforms.RandWeightedCropd`: where training patches are centred.
+
+    ``weight = body + roi_weight * roi + lesion_weight * lesion`` (0 outside the body), so patches fall
+    inside the body, preferably inside the region where findings occur (``roi``: body voxels whose
+    intensity lies in ``roi_range``, e.g. lung parenchyma in HU), and around the labelled foreground (a
+    finding mask) when the item has one. The ROI term matters for patch-trained volume classifiers:
+    without it, patches of normal volumes fall mostly in soft tissue while lesion-centred patches of
+    abnormal volumes fall in the lungs, and the network learns "lung" instead of the finding. Without a
+    body mask, every voxel has weight 1.
+
+    Args:
+        body_key: key of the body mask (e.g. from :class:`BodyMaskd`).
+        lesion_key: key of an optional finding mask (non-zero = finding).
+        out_key: key the weight map is written to (float32, same shape as the body mask).
+        lesion_weight: how much more likely a lesion voxel is as a patch centre than a body voxel.
+        roi_range: ``(low, high)`` intensity range of the region of interest in ``ref_key``'s units at
+            this point of the pipeline (HU before windowing); None disables the ROI term.
+        roi_weight: weight added to ROI voxels.
+    """
+
+    def __init__(
+        self,
+        body_key: str = "body_mask",
+        lesion_key: str = "mask",
+        out_key: str = "crop_weight",
+        lesion_weight: float = 50.0,
+        ref_key: str = "image",
+        roi_range: Sequence[float] | None = None,
+        roi_weight: float = 5.0,
+    ) -> None:
+        super().__init__([body_key], allow_missing_keys=True)
+        self.body_key, self.lesion_key, self.out_key, self.ref_key = body_key, lesion_key, out_key, ref_key
+        self.lesion_weight = float(lesion_weight)
+        self.roi_range = None if roi_range is None else (float(roi_range[0]), float(roi_range[1]))
+        self.roi_weight = float(roi_weight)
+
+    def __call__(self, data):
+        d = dict(data)
+        ref = d[self.body_key] if self.body_key in d else d[self.ref_key][:1]
+        weight = (ref > 0).float() if self.body_key in d else torch.ones_like(ref, dtype=torch.float32)
+        if self.roi_range is not None and self.ref_key in d:
+            img = torch.as_tensor(d[self.ref_key])[:1]
+            roi = (img >= self.roi_range[0]) & (img <= self.roi_range[1]) & (weight > 0)
+            weight = weight + self.roi_weight * roi.float()
+        lesion = d.get(self.lesion_key)
+        if lesion is not None and tuple(lesion.shape[1:]) == tuple(weight.shape[1:]):
+            weight = weight + self.lesion_weight * (torch.as_tensor(lesion)[:1] > 0).float()
+        d[self.out_key] = weight
+        return d

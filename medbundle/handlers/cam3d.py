@@ -1,0 +1,110 @@
+"""Grad-CAM for patch-trained 3D classifiers, stitched over the whole volume and saved as NIfTI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Invertd, SaveImage
+from monai.utils import min_version, optional_import
+
+from medbundle.handlers.inference import _filenames, as_bool
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+
+__all__ = ["GradCAMVolumeSaver"]
+
+logger = logging.getLogger("medbundle.handlers")
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class GradCAMVolumeSaver:
+    """Save a 3D Grad-CAM of the predicted class for every volume, aligned with the input image.
+
+    Each window of the sliding-window classifier gets MONAI's :class:`~monai.visualize.GradCAM` map
+    (not normalised per window), the windows are blended with MONAI's ``sliding_window_inference``
+    (Gaussian weights), the whole map is scaled to [0, 1], and :class:`~monai.transforms.Invertd` undoes
+    the spatial preprocessing (orientation, resampling, padding) so the NIfTI written by
+    :class:`~monai.transforms.SaveImage` lies on the input's voxel grid with its affine.
+
+    Args:
+        network: the classifier the evaluator runs.
+        target_layers: layer whose activations make the map, e.g. ``"layer3"`` for a MONAI ResNet.
+        class_names: names per output channel (used in the file name).
+        output_dir: folder for ``<image>_gradcam_<class>.nii.gz``.
+        preprocessing: the inference preprocessing ``Compose`` (its invertible steps are undone).
+        roi_size: the classifier's window size.
+        sw_batch_size, overlap: sliding-window settings.
+        enabled: config switch; when false nothing is attached.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        target_layers: str,
+        class_names: Sequence[str],
+        output_dir: str | Path,
+        preprocessing,
+        roi_size: Sequence[int] | int,
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        enabled: bool = True,
+        filename_key: str = "filename",
+    ) -> None:
+        self.network = network
+        self.target_layers = target_layers
+        self.class_names = list(class_names)
+        self.output_dir = Path(output_dir)
+        self.preprocessing = preprocessing
+        self.roi_size = roi_size
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.enabled = as_bool(enabled)
+        self.filename_key = filename_key
+
+    def attach(self, engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._save)
+
+    def volume_cam(self, image: torch.Tensor, class_idx: int) -> torch.Tensor:
+        """Grad-CAM of ``class_idx`` over a whole preprocessed volume ``(C, *spatial)`` -> ``(1, *spatial)``."""
+        from monai.visualize import GradCAM
+
+        cam = GradCAM(nn_module=self.network, target_layers=self.target_layers, postprocessing=_identity)
+        x = torch.as_tensor(image).float().unsqueeze(0).to(next(self.network.parameters()).device)
+
+        def predictor(patch: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                return cam(x=patch.clone().requires_grad_(True), class_idx=class_idx).detach()
+
+        was_training = self.network.training
+        self.network.eval()
+        heat = sliding_window_inference(x, self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap,
+                                        mode="gaussian")[0]
+        self.network.train(was_training)
+        heat = torch.as_tensor(heat).float().cpu()
+        lo, hi = heat.min(), heat.max()
+        return (heat - lo) / (hi - lo) if hi > lo else torch.zeros_like(heat)
+
+    def _save(self, engine) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        names = _filenames(engine, len(outputs), self.filename_key)
+        for name, out in zip(names, outputs):
+            image = out["image"]
+            c = int(torch.as_tensor(out["pred"]).reshape(-1).argmax())
+            heat = self.volume_cam(image, c)
+            meta_image = image.detach().cpu() if isinstance(image, MetaTensor) else MetaTensor(image.detach().cpu())
+            data = {"image": meta_image, "cam": MetaTensor(heat, meta=dict(meta_image.meta))}
+            inv = Invertd(keys="cam", transform=self.preprocessing, orig_keys="image", nearest_interp=False)(data)
+            saver = SaveImage(output_dir=str(self.output_dir), output_postfix=f"gradcam_{self.class_names[c]}",
+                              separate_folder=False, resample=False, output_dtype=np.float32, print_log=False)
+            saver(inv["cam"])
+            logger.info("saved Grad-CAM (%s) for %s", self.class_names[c], name)

@@ -1,0 +1,165 @@
+"""End-to-end tests of bundles/ct_volume_classification through ``python -m monai.bundle``."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLES, config_list, run_bundle
+from monai.bundle import ConfigWorkflow
+
+from medbundle.data.ct import synthetic_ct_datalist, write_datalist
+from medbundle.data.synthetic_ct import generate_ct_dataset
+from medbundle.networks import ResNetClassifier
+
+BUNDLE = BUNDLES / "ct_volume_classification"
+CFG = BUNDLE / "configs"
+META = ["--meta_file", str(CFG / "metadata.json"), "--logging_file", str(CFG / "logging.conf")]
+TINY = ["--num_epochs", "8", "--val_interval", "2", "--patches_per_volume", "4"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ct")
+    data = root / "ct_volumes"
+    summary = generate_ct_dataset(data, n_volumes=48, shape=(72, 72, 48), n_dicom_series=3, seed=3, min_per_class=3)
+    datalist = write_datalist(synthetic_ct_datalist(data, val_fraction=0.2, seed=0), root / "datalist.json")
+    work = root / "bundle"
+    proc = run_bundle(
+        ["run", "training", "--config_file", config_list(CFG / "train.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--dataset_dir", str(data), "--datalist_file", str(datalist), *TINY]
+    )
+    return data, datalist, work, summary, proc.stdout + proc.stderr
+
+
+def test_training_checkpoints_best_auroc(trained):
+    _, _, work, _, log = trained
+    assert (work / "models" / "model.pt").is_file()
+    assert "val_mean_auroc" in log
+    thr = json.loads((work / "models" / "thresholds.json").read_text())
+    assert list(thr["thresholds"]) == ["normal", "nodule", "consolidation"]
+
+
+def test_evaluation_reports_auroc_ci_confusion_matrix(trained):
+    data, datalist, work, _, _ = trained
+    run_bundle(
+        ["run", "evaluating", "--config_file",
+         config_list(CFG / "train.json", CFG / "evaluate.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--dataset_dir", str(data), "--datalist_file", str(datalist)]
+    )
+    m = json.loads((work / "eval" / "metrics.json").read_text())
+    n_test = len(json.loads(datalist.read_text())["testing"])
+    assert m["n_images"] == n_test
+    cm = np.asarray(m["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == n_test
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / n_test)
+    for name in ("normal", "nodule", "consolidation"):
+        c = m["per_class"][name]
+        assert c["auroc_ci_low"] <= c["auroc"] <= c["auroc_ci_high"]
+        assert 0 <= c["sensitivity"] <= 1 and 0 <= c["specificity"] <= 1
+    # a few short CPU epochs separate the synthetic findings well above chance; a broken pipeline
+    # (labels not aligned with volumes, patches outside the body, wrong aggregation) stays near 0.5
+    assert m["mean_auroc"] > 0.75, m["mean_auroc"]
+
+
+def _infer(work, source, out, extra=()):
+    return run_bundle(
+        ["run", "--config_file", config_list(CFG / "inference.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--input", str(source), "--output_dir", str(out), *extra]
+    )
+
+
+def test_inference_dicom_series_equals_nifti_and_gradcam_is_aligned(trained, tmp_path):
+    data, _, work, summary, _ = trained
+    case = summary["dicom_cases"][0]
+    series = data / "dicom" / case
+    nifti = data / "volumes" / f"{case}.nii.gz"
+    out_d, out_n = tmp_path / "dicom", tmp_path / "nifti"
+    _infer(work, series, out_d, ["--save_gradcam", "False"])
+    _infer(work, nifti, out_n, ["--save_gradcam", "True"])
+    row_d = next(csv.DictReader(open(out_d / "predictions.csv")))
+    row_n = next(csv.DictReader(open(out_n / "predictions.csv")))
+    probs_d = np.array([float(row_d[c]) for c in ("normal", "nodule", "consolidation")])
+    probs_n = np.array([float(row_n[c]) for c in ("normal", "nodule", "consolidation")])
+    assert probs_d.sum() == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(probs_d, probs_n, atol=2e-3)
+    assert row_d["predicted"] == row_n["predicted"]
+    cams = list((out_n / "gradcam").glob("*.nii.gz"))
+    assert len(cams) == 1 and row_n["predicted"] in cams[0].name
+    cam, src = nib.load(cams[0]), nib.load(nifti)
+    assert cam.shape[:3] == src.shape[:3]
+    np.testing.assert_allclose(cam.affine, src.affine, atol=1e-3)
+    values = np.asarray(cam.dataobj)
+    assert values.min() >= -1e-4 and values.max() <= 1 + 1e-4 and values.std() > 0
+
+
+def test_small_volume_is_padded_and_classified_and_bad_file_is_skipped(trained, tmp_path):
+    _, _, work, _, _ = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = np.full((12, 10, 6), -1000, dtype=np.int16)
+    small[3:9, 3:8, 1:5] = 40
+    nib.save(nib.Nifti1Image(small, np.diag([2.0, 2.0, 2.0, 1.0])), folder / "small.nii.gz")
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti file")
+    out = tmp_path / "out"
+    proc = _infer(work, folder, out, ["--save_gradcam", "False"])
+    assert "broken.nii.gz" in proc.stdout + proc.stderr
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["small.nii.gz"]
+    assert rows[0]["predicted"] in ("normal", "nodule", "consolidation")
+    assert list(csv.DictReader(open(out / "skipped.csv")))[0]["file"].endswith("broken.nii.gz")
+
+
+@pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "infer")])
+def test_config_properties(config, kind, trained, tmp_path):
+    data, datalist, _, _, _ = trained
+    wf = ConfigWorkflow(config_file=str(CFG / config), meta_file=str(CFG / "metadata.json"),
+                        logging_file=str(CFG / "logging.conf"), workflow_type=kind, bundle_root=str(tmp_path),
+                        dataset_dir=str(data if kind == "train" else data / "volumes"),
+                        datalist_file=str(datalist), cache_rate=0.0)
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
+    _, _, work, _, _ = trained
+    over = ["--resnet_depth", "10", "--widen_factor", "0.5"]
+    proc = run_bundle(["verify_net_in_out", "network_def", "--config_file", str(CFG / "inference.json"),
+                       "--meta_file", str(CFG / "metadata.json"), "--device", "cpu", *over])
+    assert "verified with no error" in proc.stdout + proc.stderr
+    ts = tmp_path / "model.ts"
+    run_bundle(["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(work / "models" / "model.pt"),
+                "--meta_file", str(CFG / "metadata.json"), "--config_file", str(CFG / "inference.json"), *over])
+    eager = ResNetClassifier(depth=10, num_classes=3, widen_factor=0.5)
+    eager.load_state_dict(torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True))
+    eager.eval()
+    scripted = torch.jit.load(str(ts), map_location="cpu")
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [10, 18, 50])
+def test_gradient_checkpointing_gives_same_loss_and_gradients(depth):
+    torch.manual_seed(0)
+    plain = ResNetClassifier(depth=depth, num_classes=3, widen_factor=0.25)
+    ckpt = ResNetClassifier(depth=depth, num_classes=3, widen_factor=0.25, gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 32, 32, 32)
+    y = torch.tensor([0, 2])
+    losses, grads = [], []
+    for net in (plain, ckpt):
+        net.train()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)
+    assert any(g.abs().sum() > 0 for g in grads[1].values())
