@@ -490,3 +490,19 @@ def test_multilabel_classification_report_values_and_json():
         multilabel_classification_report(y, s, names[:2])
     with pytest.raises(ValueError, match="thresholds"):
         multilabel_classification_report(y, s, names, thresholds=[0.5, 0.5])
+
+
+def test_multiclass_decision_by_margin_over_thresholds():
+    from medbundle.metrics.classification import multiclass_decision
+
+    scores = np.array([
+        [0.99, 0.40, 0.10],  # class 1 beats its threshold by 0.10, class 0 by 0.005 -> 1
+        [0.999, 0.20, 0.05],  # only class 0 passes -> 0
+        [0.50, 0.25, 0.25],  # nothing passes -> arg-max 0
+        [0.90, 0.10, 0.60],  # class 2 passes by 0.3 -> 2
+    ])
+    thr = [0.985, 0.30, 0.30]
+    np.testing.assert_array_equal(multiclass_decision(scores, thr), [1, 0, 0, 2])
+    np.testing.assert_array_equal(multiclass_decision(scores), [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="thresholds"):
+        multiclass_decision(scores, [0.5, 0.5])

@@ -14,6 +14,7 @@ from monai.transforms import Invertd, SaveImage
 from monai.utils import min_version, optional_import
 
 from medbundle.handlers.inference import _filenames, as_bool
+from medbundle.metrics.classification import multiclass_decision
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -44,6 +45,10 @@ class GradCAMVolumeSaver:
         roi_size: the classifier's window size.
         sw_batch_size, overlap: sliding-window settings.
         enabled: config switch; when false nothing is attached.
+        max_volumes: save maps for at most this many volumes per run (None: all). Each map costs a
+            backward pass per window, so a cap keeps batch inference fast.
+        thresholds_file: per-class thresholds; the mapped class is the one ``predictions.csv`` calls
+            (:func:`~medbundle.metrics.classification.multiclass_decision`), arg-max without the file.
     """
 
     def __init__(
@@ -58,7 +63,15 @@ class GradCAMVolumeSaver:
         overlap: float = 0.25,
         enabled: bool = True,
         filename_key: str = "filename",
+        max_volumes: int | None = None,
+        thresholds_file: str | Path | None = None,
     ) -> None:
+        from medbundle.handlers.classification import load_thresholds
+
+        thr, source = load_thresholds(thresholds_file, class_names)
+        self.thresholds = thr if source.endswith(".json") else None
+        self.max_volumes = max_volumes
+        self._saved = 0
         self.network = network
         self.target_layers = target_layers
         self.class_names = list(class_names)
@@ -98,8 +111,12 @@ class GradCAMVolumeSaver:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         names = _filenames(engine, len(outputs), self.filename_key)
         for name, out in zip(names, outputs):
+            if self.max_volumes is not None and self._saved >= self.max_volumes:
+                return
+            self._saved += 1
             image = out["image"]
-            c = int(torch.as_tensor(out["pred"]).reshape(-1).argmax())
+            probs = torch.as_tensor(out["pred"]).detach().float().cpu().reshape(1, -1).numpy()
+            c = int(multiclass_decision(probs, self.thresholds)[0])
             heat = self.volume_cam(image, c)
             meta_image = image.detach().cpu() if isinstance(image, MetaTensor) else MetaTensor(image.detach().cpu())
             data = {"image": meta_image, "cam": MetaTensor(heat, meta=dict(meta_image.meta))}

@@ -82,15 +82,20 @@ def load_thresholds(path: str | Path | None, class_names: Sequence[str]) -> tupl
     return [0.5] * len(class_names), "default 0.5 (no thresholds file)"
 
 
-def _argmax_summary(y_true: np.ndarray, y_score: np.ndarray) -> dict:
-    """Confusion matrix (rows = true class), accuracy and balanced accuracy of the arg-max prediction."""
+def _decision_summary(y_true: np.ndarray, y_score: np.ndarray, thresholds: Sequence[float] | None) -> dict:
+    """Confusion matrix (rows = true class), accuracy and balanced accuracy of the class decision
+    (:func:`~medbundle.metrics.classification.multiclass_decision`: largest margin over the validation
+    thresholds, else arg-max)."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
-    t, p = y_true.argmax(1), y_score.argmax(1)
+    from medbundle.metrics.classification import multiclass_decision
+
+    t, p = y_true.argmax(1), multiclass_decision(y_score, thresholds)
     labels = list(range(y_score.shape[1]))
+    rule = "largest margin over the per-class thresholds, else arg-max" if thresholds is not None else "arg-max"
     return {
         "confusion_matrix": confusion_matrix(t, p, labels=labels).tolist(),
-        "confusion_matrix_axes": "rows = true class, columns = predicted class (arg-max), class_names order",
+        "confusion_matrix_axes": f"rows = true class, columns = predicted class ({rule}), class_names order",
         "accuracy": float((t == p).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(t, p)),
     }
@@ -120,8 +125,8 @@ class ClassificationReport:
         confidence: confidence level of the AUROC intervals.
         plot: write ``roc.png``.
         multiclass: labels are class indices of a softmax classifier: the report adds the confusion
-            matrix of the arg-max prediction (rows = true class), accuracy and balanced accuracy; the
-            per-class figures are one-vs-rest.
+            matrix of the class decision (rows = true class; largest margin over the thresholds, else
+            arg-max), accuracy and balanced accuracy; the per-class figures are one-vs-rest.
         output_transform: maps a decollated output item to ``(pred, label)``.
     """
 
@@ -208,7 +213,7 @@ class ClassificationReport:
         report = {"split": self.split_name, "n_images": int(y_true.shape[0]), "thresholds_source": source,
                   **report}
         if self.multiclass:
-            report.update(_argmax_summary(y_true, y_score))
+            report.update(_decision_summary(y_true, y_score, thresholds))
         self.report = to_jsonable(report)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         out = self.output_dir / f"{self.prefix}metrics.json"

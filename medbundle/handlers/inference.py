@@ -68,9 +68,9 @@ class PredictionsWriter:
         thresholds_file: JSON written by training (``{"thresholds": {name: t}}``); 0.5 if missing.
         filename_key: the datalist key holding the file name.
         dataset: optional dataset with a ``skipped`` list of ``(name, reason)`` (``SafeCacheDataset``).
-        multiclass: softmax outputs: instead of one call per class, one ``predicted`` column with the
-            arg-max class (for two classes with a thresholds file, the second class when its probability
-            reaches its threshold).
+        multiclass: softmax outputs: instead of one call per class, one ``predicted`` column: the class
+            exceeding its stored threshold by the largest margin, else the arg-max
+            (:func:`~medbundle.metrics.classification.multiclass_decision`).
     """
 
     def __init__(
@@ -106,9 +106,10 @@ class PredictionsWriter:
             self.rows.append((name, p))
 
     def _predicted(self, p: np.ndarray) -> str:
-        if len(self.class_names) == 2 and self.thresholds_source.endswith(".json"):
-            return self.class_names[1] if p[1] >= self.thresholds[1] else self.class_names[0]
-        return self.class_names[int(np.argmax(p))]
+        from medbundle.metrics.classification import multiclass_decision
+
+        thr = self.thresholds if self.thresholds_source.endswith(".json") else None
+        return self.class_names[int(multiclass_decision(p[None], thr)[0])]
 
     def write(self, engine=None) -> Path:
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ __all__ = [
     "multilabel_rates",
     "cohen_kappa_quadratic",
     "multilabel_classification_report",
+    "multiclass_decision",
 ]
 
 RATE_NAMES = ("sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "accuracy")
@@ -273,6 +274,38 @@ def _check_grades(y: ArrayLike, name: str) -> np.ndarray:
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} must hold grades 0..K-1; found negative value {int(arr.min())}.")
     return arr
+
+
+def multiclass_decision(y_score: ArrayLike, thresholds: Sequence[float] | None = None) -> np.ndarray:
+    """One class per sample from multi-class scores, using per-class operating points when given.
+
+    Arg-max is a poor decision for scores aggregated per class (e.g. the per-class maximum over a
+    volume's windows, where a background class is near 1 everywhere). With ``thresholds`` (one per
+    class, e.g. Youden thresholds chosen on validation), the decision is the class whose score exceeds
+    its threshold by the largest margin ``score - threshold``; a sample that reaches no threshold falls
+    back to the arg-max. Without thresholds it is the arg-max.
+
+    Parameters
+    ----------
+    y_score : array-like of shape (N, C)
+    thresholds : sequence of C floats, optional
+
+    Returns
+    -------
+    np.ndarray of shape (N,), int class indices.
+    """
+    s = np.asarray(y_score.detach().cpu().numpy() if hasattr(y_score, "detach") else y_score, dtype=float)
+    if s.ndim != 2:
+        raise ValueError(f"y_score must be (N, C), got shape {s.shape}")
+    best = s.argmax(1)
+    if thresholds is None:
+        return best
+    t = np.asarray(thresholds, dtype=float).reshape(-1)
+    if t.shape[0] != s.shape[1]:
+        raise ValueError(f"{t.shape[0]} thresholds for {s.shape[1]} classes")
+    margin = s - t
+    passed = (margin >= 0).any(1)
+    return np.where(passed, np.where(margin >= 0, margin, -np.inf).argmax(1), best)
 
 
 def cohen_kappa_quadratic(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None) -> float:
