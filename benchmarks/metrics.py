@@ -252,8 +252,7 @@ def results_section(report: dict[str, Any]) -> str:
 
 def update_results_md(report: dict[str, Any], path: str | os.PathLike = RESULTS_MD) -> str:
     """Insert or replace this script's section of ``benchmarks/RESULTS.md``, leaving other sections alone."""
-    replace_section(SECTION, results_section(report), path)
-    return path
+    return str(replace_section(SECTION, results_section(report), path))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,11 @@ class ResNetClassifier(ResNet):
     gradient checkpointing.
 
     What it adds over MONAI's ``resnet18(...)`` factories: the depth is a config value, and with
-    ``gradient_checkpointing=True`` each of the four residual stages is recomputed in the backward pass
-    instead of keeping its activations (``torch.utils.checkpoint``, non-reentrant), which cuts training
-    memory for large 3D patches at the cost of one more forward per stage. Outputs, gradients and the
+    ``gradient_checkpointing=True`` the stem (first convolution, normalisation, activation, pooling, whose
+    full-width activations at half resolution are the largest) and each of the four residual stages are
+    recomputed in the backward pass instead of keeping their activations (``torch.utils.checkpoint``,
+    non-reentrant), which cuts training memory for large 3D patches at the cost of one more forward per
+    stage. Outputs, gradients and the
     state dict are identical either way, so checkpoints load in both modes; TorchScript export works
     (the checkpointed path is only taken in training mode and is skipped by the scripting compiler).
 
@@ -73,22 +75,24 @@ class ResNetClassifier(ResNet):
         )
         self.gradient_checkpointing = bool(gradient_checkpointing)
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.conv1(x)))
+        if not self.no_max_pool:
+            x = self.maxpool(x)
+        return x
+
     @torch.jit.unused
-    def _checkpointed_stages(self, x: torch.Tensor) -> torch.Tensor:
+    def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        x = checkpoint(self._stem, x, use_reentrant=False)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = checkpoint(stage, x, use_reentrant=False)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.act(x)
-        if not self.no_max_pool:
-            x = self.maxpool(x)
-        if self.gradient_checkpointing and self.training and x.requires_grad:
-            x = self._checkpointed_stages(x)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            x = self._checkpointed(x)
         else:
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(self._stem(x)))))
         x = self.avgpool(x)
         x = x.view(x.size(0), -1)
         if self.fc is not None:
