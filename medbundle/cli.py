@@ -46,8 +46,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"error: --workdir {workdir} is inside the bundle source {src}; choose another folder",
                   file=sys.stderr)
             return 2
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"error: --set takes KEY=VALUE (a config id and a Python literal), got {item!r}", file=sys.stderr)
+            return 2
+        overrides[key] = value
     try:
-        rows = run_demo(names, workdir, verbose=args.verbose)
+        rows = run_demo(names, workdir, verbose=args.verbose, overrides=overrides)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -88,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="demo_work", help="where data, models and outputs go (default ./demo_work)")
     s.add_argument("--verbose", action="store_true", help="print every log line")
     s.add_argument("--strict", action="store_true", help="exit 3 if a bundle misses its demo target")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value in every step, e.g. --set num_epochs=1 (repeatable)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("report", help="class counts, prevalence and imbalance of a datalist")

@@ -171,10 +171,19 @@ def run_bundle_step(
 
 
 def run_demo(
-    bundles: list[str], workdir: str | Path, verbose: bool = False, echo: Callable[[str], None] = print
+    bundles: list[str],
+    workdir: str | Path,
+    verbose: bool = False,
+    echo: Callable[[str], None] = print,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the demo for each bundle; return one result row per bundle."""
+    """Run the demo for each bundle; return one result row per bundle.
+
+    ``overrides`` are extra ``--key value`` pairs for every ``monai.bundle`` step (after the demo overlay),
+    e.g. ``{"num_epochs": "1"}`` for a smoke run.
+    """
     workdir = Path(workdir).resolve()
+    overrides_all = overrides
     rows = []
     for name in bundles:
         if name not in DEMOS:
@@ -189,7 +198,7 @@ def run_demo(
         times = {"data": time.perf_counter() - t0}
         for step in ("training", "evaluating", "inference"):
             echo(f"== {name}: {step}")
-            over = infer_over if step == "inference" else overrides
+            over = {**(infer_over if step == "inference" else overrides), **(overrides_all or {})}
             times[step] = run_bundle_step(name, step, bwork, over, log=bwork / "logs" / f"{step}.log",
                                           echo=echo, verbose=verbose)
         with open(bwork / "eval" / "metrics.json") as f:

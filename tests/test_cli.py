@@ -72,3 +72,21 @@ def test_demo_refuses_a_workdir_inside_the_source_tree(capsys):
     inside = bundle_dir("chest_xray_classification") / "work"
     assert main(["demo", "chest_xray_classification", "--workdir", str(inside)]) == 2
     assert "inside the bundle source" in capsys.readouterr().err
+
+
+def test_demo_runs_the_readme_path_end_to_end(tmp_path, capsys):
+    """`medbundle demo` as in the README, at smoke-test size: data, training, evaluation, inference."""
+    work = tmp_path / "demo"
+    rc = main(["demo", "chest_xray_classification", "--workdir", str(work),
+               "--set", "num_epochs=1", "--set", "image_size=32", "--set", "save_gradcam=False"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    b = work / "chest_xray_classification"
+    metrics = json.loads((b / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["mean_auroc"] <= 1.0 and len(metrics["per_class"]) == 14
+    rows = (b / "predictions" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + metrics["n_images"]  # inference ran on the held-out split
+    assert (b / "data" / "ChestXray14" / "Data_Entry_2017.csv").is_file()
+    assert "mean AUROC (test)" in out and "chest_xray_classification" in out
+    for step in ("training", "evaluating", "inference"):
+        assert (b / "logs" / f"{step}.log").stat().st_size > 0
