@@ -106,6 +106,29 @@ def test_inference_dicom_series_equals_nifti_and_gradcam_is_aligned(trained, tmp
     assert values.min() >= -1e-4 and values.max() <= 1 + 1e-4 and values.std() > 0
 
 
+def test_metaimage_input_equals_nifti(trained, tmp_path):
+    """The same scan as MetaImage (LPS header, as LUNA16 writes it) and as NIfTI gives the same prediction."""
+    from medbundle.data.metaimage import write_mhd
+
+    data, _, work, summary, _ = trained
+    case = summary["dicom_cases"][0]
+    img = nib.load(data / "volumes" / f"{case}.nii.gz")
+    aff = img.affine
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    flip = np.diag([-1.0, -1.0, 1.0])  # RAS -> LPS
+    folder = tmp_path / "mhd"
+    folder.mkdir()
+    write_mhd(folder / f"{case}.mhd", np.asarray(img.dataobj), spacing, flip @ aff[:3, 3],
+              direction=flip @ (aff[:3, :3] / spacing))
+    out_m, out_n = tmp_path / "pm", tmp_path / "pn"
+    _infer(work, folder, out_m, ["--save_gradcam", "False"])
+    _infer(work, data / "volumes" / f"{case}.nii.gz", out_n, ["--save_gradcam", "False"])
+    row_m = next(csv.DictReader(open(out_m / "predictions.csv")))
+    row_n = next(csv.DictReader(open(out_n / "predictions.csv")))
+    assert row_m["file"].endswith(".mhd")
+    np.testing.assert_allclose([float(row_m[c]) for c in CLASSES], [float(row_n[c]) for c in CLASSES], atol=2e-3)
+
+
 def test_small_volume_is_padded_and_classified_and_bad_file_is_skipped(trained, tmp_path):
     _, _, work, _, _ = trained
     folder = tmp_path / "in"

@@ -48,6 +48,7 @@ __all__ = [
     "MetaImageReader",
     "CTMetaImageReader",
     "luna16_readers",
+    "volume_readers",
 ]
 
 #: MetaImage ``ElementType`` -> numpy dtype (little endian; byte order comes from the header).
@@ -487,6 +488,14 @@ class CTMetaImageReader(ImageReader):
         """Delegate to the reader that read ``img``."""
         kind, obj = img
         return (self.meta if kind == "meta" else self.ct).get_data(obj)
+
+
+def volume_readers(**kwargs: Any) -> list[ImageReader]:
+    """``[CTMetaImageReader(**kwargs)]``: CT volumes as MetaImage, NIfTI or DICOM (files or series), no ITK.
+
+    Bundle config: ``"reader": "$medbundle.data.metaimage.volume_readers()"``.
+    """
+    return [CTMetaImageReader(**kwargs)]
 
 
 def luna16_readers(**kwargs: Any) -> list[ImageReader]:

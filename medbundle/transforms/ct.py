@@ -433,7 +433,8 @@ class CTImageReader(ImageReader):
         if bad:
             raise ValueError(
                 f"{bad[0]}: CTImageReader reads NIfTI (.nii, .nii.gz) and DICOM (files or series folders); "
-                "for .mhd/.nrrd install itk and use reader='ITKReader'."
+                "for MetaImage (.mhd/.mha) use medbundle.data.metaimage.volume_readers(); for .nrrd install itk "
+                "and use reader='ITKReader'."
             )
         return ("nifti", self.nifti.read(data, **kwargs))
 
