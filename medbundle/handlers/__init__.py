@@ -7,9 +7,14 @@ from medbundle.handlers.classification import (
     load_thresholds,
     to_jsonable,
 )
+from medbundle.handlers.detection import CPMMetric, DetectionMetric, DetectionReport, DetectionWriter
 from medbundle.handlers.inference import GradCAMSaver, PredictionsWriter
 
 __all__ = [
+    "CPMMetric",
+    "DetectionMetric",
+    "DetectionReport",
+    "DetectionWriter",
     "ClassificationReport",
     "GradCAMSaver",
     "GradCAMVolumeSaver",
