@@ -506,3 +506,26 @@ def test_multiclass_decision_by_margin_over_thresholds():
     np.testing.assert_array_equal(multiclass_decision(scores), [0, 0, 0, 0])
     with pytest.raises(ValueError, match="thresholds"):
         multiclass_decision(scores, [0.5, 0.5])
+
+
+def test_multiclass_summary_matches_sklearn():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+
+    from medbundle.metrics.classification import multiclass_summary
+
+    rng = np.random.default_rng(4)
+    t = rng.integers(0, 3, 200)
+    p = np.where(rng.random(200) < 0.7, t, rng.integers(0, 4, 200))  # class 3 is only ever predicted
+    s = multiclass_summary(t, p, 4)
+    np.testing.assert_array_equal(s["confusion_matrix"], confusion_matrix(t, p, labels=range(4)))
+    assert s["accuracy"] == pytest.approx(accuracy_score(t, p))
+    with pytest.warns(UserWarning):  # sklearn warns about the class with no true samples
+        expected = balanced_accuracy_score(t, p)
+    assert s["balanced_accuracy"] == pytest.approx(expected)
+    assert math.isnan(s["recall"][3])
+    # by hand: 2 classes, rows true
+    h = multiclass_summary([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], 2)
+    assert h["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert h["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    with pytest.raises(ValueError, match="outside"):
+        multiclass_summary([0, 5], [0, 1], 3)

@@ -86,18 +86,17 @@ def _decision_summary(y_true: np.ndarray, y_score: np.ndarray, thresholds: Seque
     """Confusion matrix (rows = true class), accuracy and balanced accuracy of the class decision
     (:func:`~medbundle.metrics.classification.multiclass_decision`: largest margin over the validation
     thresholds, else arg-max)."""
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
-
-    from medbundle.metrics.classification import multiclass_decision
+    from medbundle.metrics.classification import multiclass_decision, multiclass_summary
 
     t, p = y_true.argmax(1), multiclass_decision(y_score, thresholds)
-    labels = list(range(y_score.shape[1]))
     rule = "largest margin over the per-class thresholds, else arg-max" if thresholds is not None else "arg-max"
+    summary = multiclass_summary(t, p, y_score.shape[1])
     return {
-        "confusion_matrix": confusion_matrix(t, p, labels=labels).tolist(),
+        "confusion_matrix": summary["confusion_matrix"],
         "confusion_matrix_axes": f"rows = true class, columns = predicted class ({rule}), class_names order",
-        "accuracy": float((t == p).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(t, p)),
+        "accuracy": summary["accuracy"],
+        "balanced_accuracy": summary["balanced_accuracy"],
+        "recall_per_class": summary["recall"],
     }
 
 

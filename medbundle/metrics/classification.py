@@ -35,6 +35,7 @@ __all__ = [
     "cohen_kappa_quadratic",
     "multilabel_classification_report",
     "multiclass_decision",
+    "multiclass_summary",
 ]
 
 RATE_NAMES = ("sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy", "accuracy")
@@ -306,6 +307,44 @@ def multiclass_decision(y_score: ArrayLike, thresholds: Sequence[float] | None =
     margin = s - t
     passed = (margin >= 0).any(1)
     return np.where(passed, np.where(margin >= 0, margin, -np.inf).argmax(1), best)
+
+
+def multiclass_summary(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> dict[str, Any]:
+    """Confusion matrix, accuracy and balanced accuracy of multi-class decisions.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (N,)
+        Class indices in ``[0, num_classes)``.
+    num_classes : int
+        Size of the (square) confusion matrix; classes absent from both inputs give zero rows/columns.
+
+    Returns
+    -------
+    dict
+        ``confusion_matrix`` (list of lists, rows = true class, columns = predicted class), ``accuracy``,
+        ``balanced_accuracy`` (mean per-class recall over classes present in ``y_true``), ``recall`` per
+        class (NaN for a class absent from ``y_true``). Same values as scikit-learn's ``confusion_matrix``
+        (with ``labels=range(num_classes)``), ``accuracy_score`` and ``balanced_accuracy_score``.
+    """
+    t = np.asarray(y_true).reshape(-1).astype(np.int64)
+    p = np.asarray(y_pred).reshape(-1).astype(np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} items but y_pred has {p.size}")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{name} has class indices outside [0, {num_classes - 1}]")
+    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    support = cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    present = support > 0
+    return {
+        "confusion_matrix": cm.tolist(),
+        "accuracy": float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan"),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "recall": [float(r) for r in recall],
+    }
 
 
 def cohen_kappa_quadratic(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None) -> float:
