@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.metrics import roc_curve
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,6 +37,7 @@ from medbundle.metrics.froc import luna16_froc  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS_MD, machine_info, replace_section  # noqa: E402
+from luna16_reference import reference_froc  # noqa: E402
 
 try:  # the DeLong functions live in medbundle.metrics.roc; accept either home
     from medbundle.metrics.classification import delong_auc_ci  # type: ignore[attr-defined]  # noqa: E402
@@ -152,53 +152,9 @@ def synthetic_luna16(seed: int = 0, n_scans: int = 888, marks_per_scan: int = 10
 
 
 def froc_reference(annotations, results, seriesuids, excluded, max_marks=100) -> dict[str, Any]:
-    """Plain per-mark loops following the published LUNA16 script; returns sensitivities and CPM."""
-    def rows_by_scan(table, last):
-        out: dict[str, list] = {}
-        for i, uid in enumerate(table["seriesuid"].tolist()):
-            out.setdefault(uid, []).append(
-                (float(table["coordX"][i]), float(table["coordY"][i]), float(table["coordZ"][i]),
-                 float(table[last][i]))
-            )
-        return out
-
-    marks_by = rows_by_scan(results, "probability")
-    nod_by = rows_by_scan(annotations, "diameter_mm")
-    exc_by = rows_by_scan(excluded, "diameter_mm")
-    labels, probs, n_missed = [], [], 0
-    for uid in seriesuids:
-        cands = marks_by.get(uid, [])
-        if len(cands) > max_marks:
-            cut = sorted((c[3] for c in cands), reverse=True)[max_marks]
-            cands = [c for c in cands if c[3] > cut]
-        remaining = set(range(len(cands)))
-        findings = [(f, True) for f in nod_by.get(uid, [])] + [(f, False) for f in exc_by.get(uid, [])]
-        for (x, y, z, d), included in findings:
-            r2 = ((10.0 if d < 0 else d) / 2.0) ** 2
-            best = None
-            for k, (cx, cy, cz, p) in enumerate(cands):
-                if (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < r2:
-                    if included:
-                        best = p if best is None or p > best else best
-                    remaining.discard(k)
-            if included:
-                if best is None:
-                    n_missed += 1
-                else:
-                    labels.append(1)
-                    probs.append(best)
-        for k in remaining:
-            labels.append(0)
-            probs.append(cands[k][3])
-    lab = np.asarray(labels)
-    n_det, n_fp = int(lab.sum()), int((lab == 0).sum())
-    fpr, tpr, _ = roc_curve(lab, np.asarray(probs))
-    fps = fpr * n_fp / len(seriesuids)
-    sens = tpr * n_det / (n_det + n_missed)
-    grid = np.linspace(0.125, 8, 10001)
-    targets = np.array([0.125, 0.25, 0.5, 1, 2, 4, 8])
-    at = np.interp(grid[np.argmin(np.abs(grid[None] - targets[:, None]), axis=1)], fps, sens)
-    return {"sensitivities": at.tolist(), "cpm": float(at.mean())}
+    """The plain per-mark loops of ``luna16_reference.py``; returns sensitivities and CPM."""
+    sens, *_ = reference_froc(annotations, results, seriesuids, excluded, cap=max_marks)
+    return {"sensitivities": sens.tolist(), "cpm": float(sens.mean())}
 
 
 def bench_froc(repeats: int) -> dict[str, Any]:
