@@ -31,6 +31,7 @@ from torch.utils.data import Sampler
 __all__ = [
     "sample_weights_for_balance",
     "ClassBalancedSampler",
+    "train_sampler",
     "label_counts",
     "imbalance_report",
     "format_imbalance_report",
@@ -447,3 +448,32 @@ def format_imbalance_report(report: dict) -> str:
     )
     table = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
     return "\n".join([summary, *table])
+
+
+def train_sampler(
+    dataset: Any,
+    balanced: bool = False,
+    distributed: bool = False,
+    label_key: str = "label",
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    seed: int = 0,
+) -> Sampler | None:
+    """The training sampler a bundle config asks for, in one place.
+
+    - ``balanced``: :class:`ClassBalancedSampler` over ``dataset.data[i][label_key]`` (the items a
+      ``SafeCacheDataset`` kept); it splits its draws across ranks by itself when distributed.
+    - ``distributed`` only: MONAI's ``DistributedSampler`` (shuffled, evenly divisible shards).
+    - neither: ``None`` (the data loader shuffles).
+
+    ``num_replicas``/``rank`` default to the initialised process group.
+    """
+    if balanced:
+        labels = [item[label_key] for item in dataset.data]
+        return ClassBalancedSampler(labels, num_replicas=num_replicas, rank=rank, seed=seed)
+    if distributed:
+        from monai.data import DistributedSampler
+
+        return DistributedSampler(dataset, even_divisible=True, num_replicas=num_replicas, rank=rank, shuffle=True)
+    return None
+

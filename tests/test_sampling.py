@@ -230,3 +230,21 @@ def test_imbalance_report_single_label_and_errors() -> None:
         imbalance_report(MULTI, class_names=["a", "b"])
     with pytest.raises(ValueError, match="cannot read"):
         imbalance_report("/nonexistent/datalist.json")
+
+
+def test_train_sampler_choice():
+    from types import SimpleNamespace
+
+    from monai.data import DistributedSampler
+
+    from medbundle.sampling import ClassBalancedSampler, train_sampler
+
+    ds = SimpleNamespace(data=[{"label": [1.0, 0.0]}, {"label": [0.0, 0.0]}, {"label": [0.0, 1.0]}, {"label": [0, 0]}])
+    assert train_sampler(ds) is None
+    bal = train_sampler(ds, balanced=True, num_replicas=1, rank=0)
+    assert isinstance(bal, ClassBalancedSampler) and len(bal) == 4
+    # the two samples with a rare positive weigh more than the all-negative ones
+    assert bal.weights[0] > bal.weights[1] and bal.weights[2] > bal.weights[3]
+    shards = [list(train_sampler(list(range(10)), distributed=True, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert isinstance(train_sampler(list(range(10)), distributed=True, num_replicas=2, rank=0), DistributedSampler)
+    assert len(shards[0]) == len(shards[1]) == 5 and sorted(shards[0] + shards[1]) == list(range(10))
