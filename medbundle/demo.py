@@ -61,6 +61,17 @@ def _prepare_ct(data_root: Path) -> dict[str, Any]:
     return {"dataset_dir": str(ds), "datalist_file": str(datalist), "inference": {"input": str(datalist)}}
 
 
+def _prepare_luna16(data_root: Path) -> dict[str, Any]:
+    from medbundle.data.synthetic_luna16 import generate_luna16
+
+    ds = data_root / "LUNA16"
+    if not (ds / "seriesuids.csv").is_file():
+        # 5 subsets: 3 train, 1 validation (fold 3), 1 test (fold 4), as configs/demo.json says
+        generate_luna16(ds, n_scans=40, shape=(112, 112, 72), spacing=(1.4, 1.4, 2.5), n_subsets=5, seed=0,
+                        nodules_per_scan=(1, 3), diameter_range=(5.0, 30.0))
+    return {"dataset_dir": str(ds), "inference": {"input": str(ds / "subset4")}}
+
+
 DEMOS: dict[str, DemoSpec] = {
     "chest_xray_classification": DemoSpec(
         prepare=_prepare_chest_xray,
@@ -73,6 +84,12 @@ DEMOS: dict[str, DemoSpec] = {
         headline=("mean_auroc", "mean AUROC (test)"),
         threshold=0.90,
         extra=[("macro.sensitivity", "sensitivity"), ("macro.specificity", "specificity")],
+    ),
+    "lung_nodule_ct_detection": DemoSpec(
+        prepare=_prepare_luna16,
+        headline=("cpm", "LUNA16 CPM (test)"),
+        threshold=0.80,
+        extra=[("map", "mAP IoU 0.1-0.5"), ("mar", "mAR")],
     ),
 }
 

@@ -288,16 +288,22 @@ class DetectionEvaluator(Evaluator):
     detector
         The ``RetinaNetDetector``; for whole scans set its sliding-window inferer
         (``set_sliding_window_inferer``).
+    inferer
+        Optional :class:`medbundle.inferers.DetectorInferer` (or any callable ``inferer(images, network)``
+        returning the detector's per-image dicts); None: the detector is called directly as ``use_inferer``
+        says.
     use_inferer
-        True: ``detector(images, use_inferer=True)`` (the detector's sliding window inferer); False: one forward
-        pass of the whole image; None (default): True when the detector has an inferer set.
+        Without ``inferer``: True: ``detector(images, use_inferer=True)`` (the detector's sliding window
+        inferer); False: one forward pass of the whole image; None (default): True when the detector has an
+        inferer set.
     epoch_length, non_blocking, iteration_update, postprocessing, key_val_metric, additional_metrics,
     metric_cmp_fn, val_handlers, amp, event_names, event_to_attr, to_kwargs, amp_kwargs
         As in ``monai.engines.SupervisedEvaluator``.
     decollate
         Keep False: the output is already a list of per-image dicts.
     image_key, box_key, label_key
-        Item keys of the image and, when present, the ground-truth boxes and labels.
+        Item keys of the image and, when present, the ground-truth boxes and labels; ``box_key=None``: never
+        read ground truth (inference on items that carry world-coordinate boxes).
 
     Notes
     -----
@@ -329,6 +335,7 @@ class DetectionEvaluator(Evaluator):
         decollate: bool = False,
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
+        inferer: Callable | None = None,
         use_inferer: bool | None = None,
         image_key: str = "image",
         box_key: str = "box",
@@ -354,6 +361,7 @@ class DetectionEvaluator(Evaluator):
         )
         self.detector = detector
         self.network = detector.network
+        self.inferer = inferer
         self.use_inferer = use_inferer
         self.image_key, self.box_key, self.label_key = image_key, box_key, label_key
 
@@ -368,7 +376,10 @@ class DetectionEvaluator(Evaluator):
             use_inferer = getattr(det, "inferer", None) is not None
         det.eval()
         with torch.no_grad(), _autocast(engine):
-            preds = det(images, use_inferer=bool(use_inferer))
+            if engine.inferer is not None:
+                preds = engine.inferer(images, det.network)
+            else:
+                preds = det(images, use_inferer=bool(use_inferer))
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         outputs: list[dict[str, Any]] = []
         for it, pred in zip(items, preds):

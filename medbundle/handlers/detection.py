@@ -469,6 +469,9 @@ class DetectionWriter:
     results_csv
         File name (in ``output_dir``) of the LUNA16 CSV ``seriesuid,coordX,coordY,coordZ,probability``
         written by rank 0 when the run completes (readable by ``medbundle froc``).
+    seriesuids_csv
+        File name (in ``output_dir``) of the list of every scan processed, one UID per line (LUNA16's
+        ``seriesuids.csv`` form), so scans without marks count in ``medbundle froc --seriesuids``.
     max_marks
         Highest-scoring marks per scan in the CSV (LUNA16 evaluates 100); the JSON keeps every box.
     affine_lps_to_ras
@@ -485,12 +488,14 @@ class DetectionWriter:
         self,
         output_dir: str | Path,
         results_csv: str = "results.csv",
+        seriesuids_csv: str = "seriesuids.csv",
         max_marks: int | None = 100,
         affine_lps_to_ras: bool = True,
         output_transform: Callable = lambda x: x,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.results_csv = results_csv
+        self.seriesuids_csv = seriesuids_csv
         self.max_marks = max_marks
         self.affine_lps_to_ras = affine_lps_to_ras
         self.output_transform = output_transform
@@ -541,11 +546,15 @@ class DetectionWriter:
         if not _is_rank0():
             return None
         seen: set[str] = set()
+        seen_order: list[str] = []
         unique = []
         for uid, rows in scans:  # a DistributedSampler may give one scan to two ranks: keep one copy
             if uid not in seen:
                 seen.add(uid)
+                seen_order.append(uid)
                 unique.extend(rows)
         path = write_luna16_results(unique, self.output_dir / self.results_csv)
-        logger.info("wrote %s (%d marks)", path, len(unique))
+        uid_path = self.output_dir / self.seriesuids_csv
+        uid_path.write_text("".join(f"{uid}\n" for uid in seen_order))
+        logger.info("wrote %s (%d marks, %d scans listed in %s)", path, len(unique), len(seen_order), uid_path.name)
         return path
