@@ -94,6 +94,28 @@ def test_trainer_two_iterations_updates_parameters():
     assert sum(changed) > len(changed) // 2
 
 
+def test_detector_trains_with_medbundle_sigmoid_focal_loss():
+    """The bundle's ``cls_loss`` swap: the detector's classification loss is then the focal loss."""
+    from medbundle.losses import SigmoidFocalLoss
+
+    det = _detector()
+    det.set_cls_loss(SigmoidFocalLoss(gamma=2.0, alpha=0.25))
+    det.set_box_regression_loss(torch.nn.SmoothL1Loss(beta=1.0 / 9), encode_gt=True, decode_pred=False)
+    item = _item(3, "f")
+    images, targets = [item["image"].as_tensor()], [{"box": item["box"], "label": item["label"]}]
+    det.train()
+    torch.manual_seed(0)
+    focal = det(images, targets)[det.cls_key]
+    det.set_cls_loss(torch.nn.BCEWithLogitsLoss())
+    torch.manual_seed(0)
+    bce = det(images, targets)[det.cls_key]
+    assert torch.isfinite(focal) and focal.requires_grad
+    # focal = mean(alpha_t * (1 - p_t)^2 * bce_elementwise) < 0.75 * mean(bce) (gamma shrinks every term)
+    assert 0 < float(focal) < 0.75 * float(bce)
+    focal.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in det.network.parameters())
+
+
 def test_evaluator_with_report_writer_and_key_metric(tmp_path):
     det = _detector()
     data = [[_item(10 + i, f"1.2.3.{i}")] for i in range(3)]
