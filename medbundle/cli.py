@@ -59,8 +59,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print()
-    extra = [k for k in rows[0] if k not in ("bundle", "metric", "value", "target", "minutes", "times_s", "workdir")]
-    table = [[r["bundle"], r["metric"], _fmt(r["value"]), f">= {r['target']}", *[_fmt(r[k]) for k in extra],
+    fixed = ("bundle", "metric", "value", "target", "minutes", "times_s", "workdir")
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in fixed))  # bundles report different extras
+    table = [[r["bundle"], r["metric"], _fmt(r["value"]), f">= {r['target']}", *[_fmt(r.get(k)) for k in extra],
               f"{r['minutes']:.1f}"] for r in rows]
     print(_table(table, ["bundle", "metric", "value", "target", *extra, "minutes"]))
     for r in rows:
