@@ -159,6 +159,70 @@ def test_torchscript_export_matches_eager(trained, tmp_path):
     assert not torch.allclose(a, torch.zeros_like(a))
 
 
+def test_onnx_export_matches_eager_with_dynamic_batch(trained, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9):
+        pytest.importorskip("onnxscript")  # torch.onnx.export's default (dynamo) exporter needs it
+    _, work, _ = trained
+    path = tmp_path / "model.onnx"
+    run_bundle(["onnx_export", "network_def", "--filepath", str(path), "--ckpt_file", str(work / "models" / "model.pt"),
+                "--meta_file", str(CFG / "metadata.json"), "--config_file", str(CFG / "inference.json"),
+                "--input_shape", "[2, 1, 48, 48]", "--converter_kwargs",
+                "{'input_names': ['image'], 'output_names': ['logits'], "
+                "'dynamic_axes': {'image': {0: 'batch'}, 'logits': {0: 'batch'}}}"])
+    from monai.networks.nets import DenseNet121
+
+    eager = DenseNet121(spatial_dims=2, in_channels=1, out_channels=14)
+    eager.load_state_dict(torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True))
+    eager.eval()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    for batch in (1, 3):  # exported at batch 2: the batch axis is dynamic
+        x = torch.rand(batch, 1, 48, 48, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = eager(x).numpy()
+        (got,) = session.run(["logits"], {"image": x.numpy()})
+        assert got.shape == (batch, 14)
+        assert abs(got - expected).max() < 1e-4, abs(got - expected).max()
+        assert abs(expected).max() > 1e-3
+
+
+def test_training_with_mlflow_tracking_records_a_finished_run(trained, tmp_path):
+    """``--tracking mlflow`` with a local SQLite store (no server); MLflow 3.13+ refuses ``file://`` stores."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    data, _, _ = trained
+    work = tmp_path / "tracked"
+    store = tmp_path / "store" / "mlruns.db"
+    store.parent.mkdir()
+    uri = "sqlite:///" + store.as_posix()  # sqlite:////abs/path/mlruns.db
+    run_bundle(
+        ["run", "training", "--config_file", config_list(CFG / "train.json", CFG / "demo.json"), *META,
+         "--bundle_root", str(work), "--dataset_dir", str(data), "--image_size", "32", "--num_epochs", "1",
+         "--batch_size", "16", "--cache_rate", "1.0", "--tracking", "mlflow", "--tracking_uri", uri,
+         "--experiment_name", "cxr_tiny"],
+        cwd=tmp_path,  # older MONAI keeps artifacts under ./mlruns
+    )
+    assert store.is_file()
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("cxr_tiny")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert {"train_loss", "val_mean_auroc"} <= set(run.data.metrics)
+    assert 0.0 <= run.data.metrics["val_mean_auroc"] <= 1.0
+    assert run.data.metrics["train_loss"] > 0
+    assert run.data.params["max_epochs"] == "1"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) >= 2  # logged every iteration
+    # the executed config is kept as an artifact of the run
+    assert any(a.path.startswith("config_") for a in client.list_artifacts(run.info.run_id))
+
+
 def test_multi_gpu_config_runs_under_torchrun(trained, tmp_path):
     """train.json + multi_gpu_train.json under torchrun (one gloo process on CPU): trains and saves."""
     import os

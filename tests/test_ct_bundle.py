@@ -175,6 +175,34 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
         torch.testing.assert_close(scripted(x), eager(x), atol=1e-5, rtol=1e-5)
 
 
+def test_onnx_export_matches_eager_with_dynamic_batch(trained, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9):
+        pytest.importorskip("onnxscript")  # torch.onnx.export's default (dynamo) exporter needs it
+    _, _, work, _, _ = trained
+    path = tmp_path / "model.onnx"
+    # gradient checkpointing (a training-only path) is switched on to show it does not get in the way of export
+    run_bundle(["onnx_export", "network_def", "--filepath", str(path), "--ckpt_file", str(work / "models" / "model.pt"),
+                "--meta_file", str(CFG / "metadata.json"), "--config_file", str(CFG / "inference.json"),
+                "--resnet_depth", "10", "--widen_factor", "0.5", *NAMES, "--network_def#gradient_checkpointing", "True",
+                "--input_shape", "[2, 1, 32, 32, 32]", "--converter_kwargs",
+                "{'input_names': ['image'], 'output_names': ['logits'], "
+                "'dynamic_axes': {'image': {0: 'batch'}, 'logits': {0: 'batch'}}}"])
+    eager = ResNetClassifier(depth=10, num_classes=len(CLASSES), widen_factor=0.5)
+    eager.load_state_dict(torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True))
+    eager.eval()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # exported at batch 2: the batch axis is dynamic
+        x = torch.rand(batch, 1, 32, 32, 32, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = eager(x).numpy()
+        (got,) = session.run(["logits"], {"image": x.numpy()})
+        assert got.shape == (batch, len(CLASSES))
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+        assert np.abs(expected).max() > 1e-3
+
+
 @pytest.mark.parametrize("depth", [10, 18, 50])
 def test_gradient_checkpointing_gives_same_loss_and_gradients(depth):
     torch.manual_seed(0)
