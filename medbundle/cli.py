@@ -1,4 +1,4 @@
-"""The ``medbundle`` command: list, demo, report, froc."""
+"""The ``medbundle`` command: list, demo, report, froc, verify, package."""
 
 from __future__ import annotations
 
@@ -83,6 +83,58 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from medbundle.bundle import bundle_dir
+    from medbundle.zoo import ChecksumError, UnsafeArchiveError, check_package, safe_extract, verify_bundle
+
+    def show(r) -> None:
+        print(f"{'PASS' if r.ok else 'FAIL'}  {r.name:<22} {r.seconds:5.1f}s  {r.message}", flush=True)
+
+    failed = 0
+    for name in args.bundles:
+        with tempfile.TemporaryDirectory(prefix="medbundle_pkg_") as tmp:
+            try:
+                if name.endswith(".zip"):
+                    if args.model_info:
+                        print(f"{name}: SHA-256 matches model_info.json entry {check_package(name, args.model_info)}")
+                    safe_extract(name, tmp)
+                    tops = [p for p in Path(tmp).iterdir() if (p / "configs" / "metadata.json").is_file()]
+                    if len(tops) != 1:
+                        raise ValueError(f"{name} does not hold one <name>/configs/metadata.json bundle folder")
+                    path = tops[0]
+                else:
+                    path = bundle_dir(name)
+            except (ValueError, KeyError, OSError, ChecksumError, UnsafeArchiveError) as e:
+                print(f"error: {name}: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"== {path.name} ({path})")
+            results = verify_bundle(path, report=show)
+        bad = [r.name for r in results if not r.ok]
+        print(f"{path.name}: {'FAILED: ' + ', '.join(bad) if bad else 'all model-zoo checks passed'}")
+        failed += bool(bad)
+    return 1 if failed else 0
+
+
+def _cmd_package(args: argparse.Namespace) -> int:
+    from medbundle.bundle import bundle_dir
+    from medbundle.zoo import package_bundles
+
+    try:
+        paths = [bundle_dir(n) for n in args.bundles]
+        entries = package_bundles(paths, args.out, base_url=args.base_url, with_weights=args.with_weights)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out).resolve()
+    for key, e in entries.items():
+        print(f"{out / (key + '.zip')}  sha256 {e['checksum']}")
+    print(f"index: {out / 'model_info.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medbundle", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -107,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class-names", default=None, help="comma-separated names, one per label column")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("verify", help="model-zoo checks: files, changelog, metadata schema, net in/out, "
+                                      "TorchScript export, config properties")
+    s.add_argument("bundles", nargs="+", help="bundle names, bundle folders, or packaged <name>_v<version>.zip files")
+    s.add_argument("--model-info", default=None, help="model_info.json: check a zip's SHA-256 before extracting it")
+    s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("package", help="write <name>_v<version>.zip per bundle and a model_info.json index")
+    s.add_argument("bundles", nargs="+", help="bundle names or folders")
+    s.add_argument("--out", required=True, help="folder for the zips and model_info.json")
+    s.add_argument("--base-url", default=None, help="URL prefix for the 'source' entries (default: the file name)")
+    s.add_argument("--with-weights", default=None, metavar="DIR",
+                   help="folder with <name>/model.pt (or <name>/models/model.pt) to package as models/model.pt")
+    s.set_defaults(func=_cmd_package)
 
     s = sub.add_parser("froc", help="LUNA16 FROC/CPM of a results CSV", add_help=False)
     s.set_defaults(func=None)
