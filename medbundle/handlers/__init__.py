@@ -8,6 +8,7 @@ from medbundle.handlers.classification import (
     to_jsonable,
 )
 from medbundle.handlers.detection import CPMMetric, DetectionMetric, DetectionReport, DetectionWriter
+from medbundle.handlers.distributed import ShardRecorder
 from medbundle.handlers.inference import GradCAMSaver, PredictionsWriter
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "GradCAMVolumeSaver",
     "MultiLabelAUROC",
     "PredictionsWriter",
+    "ShardRecorder",
     "load_thresholds",
     "to_jsonable",
 ]
