@@ -35,6 +35,8 @@ from monai.transforms import Transform
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
+from medbundle.inferers import DetectorInferer
+
 __all__ = ["DetectionTrainer", "DetectionEvaluator", "flatten_detection_batch", "image_meta"]
 
 
@@ -361,7 +363,8 @@ class DetectionEvaluator(Evaluator):
         )
         self.detector = detector
         self.network = detector.network
-        self.inferer = inferer
+        # one code path: without an explicit inferer, the detector's own call (sliding window or not)
+        self.inferer = inferer if inferer is not None else DetectorInferer(detector, use_inferer)
         self.use_inferer = use_inferer
         self.image_key, self.box_key, self.label_key = image_key, box_key, label_key
 
@@ -371,15 +374,9 @@ class DetectionEvaluator(Evaluator):
         items = flatten_detection_batch(batchdata)
         device = engine.state.device
         images = [_to_device(it[engine.image_key], device, engine.non_blocking) for it in items]
-        use_inferer = engine.use_inferer
-        if use_inferer is None:
-            use_inferer = getattr(det, "inferer", None) is not None
         det.eval()
         with torch.no_grad(), _autocast(engine):
-            if engine.inferer is not None:
-                preds = engine.inferer(images, det.network)
-            else:
-                preds = det(images, use_inferer=bool(use_inferer))
+            preds = engine.inferer(images, det.network)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         outputs: list[dict[str, Any]] = []
         for it, pred in zip(items, preds):
