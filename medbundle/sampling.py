@@ -458,18 +458,23 @@ def train_sampler(
     num_replicas: int | None = None,
     rank: int | None = None,
     seed: int = 0,
+    labels: Sequence | None = None,
 ) -> Sampler | None:
     """The training sampler a bundle config asks for, in one place.
 
-    - ``balanced``: :class:`ClassBalancedSampler` over ``dataset.data[i][label_key]`` (the items a
-      ``SafeCacheDataset`` kept); it splits its draws across ranks by itself when distributed.
+    - ``balanced``: :class:`ClassBalancedSampler` over ``labels`` (default ``dataset.data[i][label_key]``,
+      the items a ``SafeCacheDataset`` kept; pass ``labels`` when those hold label files, see
+      :mod:`medbundle.data.class_labels`); it splits its draws across ranks by itself when distributed.
     - ``distributed`` only: MONAI's ``DistributedSampler`` (shuffled, evenly divisible shards).
     - neither: ``None`` (the data loader shuffles).
 
     ``num_replicas``/``rank`` default to the initialised process group.
     """
     if balanced:
-        labels = [item[label_key] for item in dataset.data]
+        if labels is None:
+            labels = [item[label_key] for item in dataset.data]
+        elif len(labels) != len(dataset):
+            raise ValueError(f"train_sampler got {len(labels)} labels for a dataset of {len(dataset)} items")
         return ClassBalancedSampler(labels, num_replicas=num_replicas, rank=rank, seed=seed)
     if distributed:
         from monai.data import DistributedSampler

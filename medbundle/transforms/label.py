@@ -16,11 +16,19 @@ bundle's ``postprocessing``, which only MONAI Label runs) adds the scores and wo
 MONAI (1.5, 1.6) ``Spacingd`` merges a NIfTI image's metadata into every item whose key starts with
 ``<key>_`` and fails on MONAI Label's ``image_path`` string (``'str' object has no attribute 'update'``).
 :class:`StringItemsAsided` renames such string items to ``_<name>`` before ``Spacingd`` and back after it.
+
+MONAI Label's bundle trainer feeds the datastore's labelled images as ``{"image", "label": <label file>}``.
+:class:`LoadClassLabeld` reads a class-label file (format in :mod:`medbundle.data.class_labels`) into the
+vector or index the classifiers train on, and passes in-memory labels through, so one train config serves
+both the bundles' own datalists and a MONAI Label datastore.
+
+A slide classifier's input is a whole slide, which MONAI Label cannot hand to an inferer as pixels;
+:class:`medbundle.transforms.wsi.SlideGridImaged` puts the slide's patch grid into ``image`` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +36,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["ClassScoresd", "DetectionResultd", "StringItemsAsided"]
+from medbundle.data.class_labels import read_class_label
+
+__all__ = ["ClassScoresd", "DetectionResultd", "LoadClassLabeld", "StringItemsAsided"]
 
 
 def _without_shape(meta: Mapping) -> dict:
@@ -118,4 +128,26 @@ class StringItemsAsided(MapTransform):
             prefix = f"_{key}_" if self.restore else f"{key}_"
             for k in [k for k, v in d.items() if isinstance(k, str) and k.startswith(prefix) and isinstance(v, str)]:
                 d[k[1:] if self.restore else f"_{k}"] = d.pop(k)
+        return d
+
+
+class LoadClassLabeld(MapTransform):
+    """Read class-label files under ``keys`` (see :mod:`medbundle.data.class_labels`); other labels pass.
+
+    Args:
+        keys: the label keys (``"label"``).
+        class_names: the bundle's classes, in output order.
+        multi_label: True: a float vector per item (multi-label bundles); False: a class index.
+    """
+
+    def __init__(self, keys: KeysCollection, class_names: Sequence[str], multi_label: bool = True,
+                 allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.class_names = list(class_names)
+        self.multi_label = bool(multi_label)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = read_class_label(d[key], self.class_names, self.multi_label)
         return d
