@@ -35,7 +35,7 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 
 from medbundle.data.wsi import SlideGrid, read_patches
-from medbundle.transforms.wsi import SlideCache
+from medbundle.transforms.wsi import SLIDE_GRID_META_KEY, SlideCache
 
 __all__ = ["PrepareSlideBatch", "SlideMILInferer", "SlideResult", "slide_collate"]
 
@@ -71,7 +71,9 @@ class SlideMILInferer(Inferer):
         max_open: slides kept open between calls.
 
     Called as ``inferer(inputs, network, grids=[SlideGrid, ...])`` (``inputs`` is ignored: it is the
-    per-slide patch count that :class:`PrepareSlideBatch` passes as the batch "image"). Returns the
+    per-slide patch count that :class:`PrepareSlideBatch` passes as the batch "image"), or as
+    ``inferer(inputs, network)`` with ``inputs`` the ``(1, N, 2)`` coordinate tensor of
+    :class:`~medbundle.transforms.wsi.SlideGridImaged` (how a MONAI Label server calls it). Returns the
     slide logits ``(B, num_outputs)``.
     """
 
@@ -120,11 +122,23 @@ class SlideMILInferer(Inferer):
         assert feats is not None
         return feats
 
+    @staticmethod
+    def _grids_from_inputs(inputs: Any) -> list[SlideGrid]:
+        """The grid that :class:`~medbundle.transforms.wsi.SlideGridImaged` put into a coordinate tensor."""
+        meta = getattr(inputs, "meta", None) or {}
+        grid = meta.get(SLIDE_GRID_META_KEY)
+        if isinstance(grid, (list, tuple)):  # a collated batch of coordinate tensors
+            return list(grid)
+        if grid is None:
+            raise ValueError("SlideMILInferer needs the slide grids: use PrepareSlideBatch as the evaluator's "
+                             "prepare_batch and slide_collate as the dataloader's collate_fn, or end the "
+                             "preprocessing with medbundle.transforms.wsi.SlideGridImaged")
+        return [grid]
+
     def __call__(self, inputs: Any, network: torch.nn.Module, *args: Any, grids: Sequence[SlideGrid] | None = None,
                  **kwargs: Any) -> torch.Tensor:
         if grids is None:
-            raise ValueError("SlideMILInferer needs the slide grids: use PrepareSlideBatch as the evaluator's "
-                             "prepare_batch and slide_collate as the dataloader's collate_fn")
+            grids = self._grids_from_inputs(inputs)
         net = getattr(network, "module", network)
         device = next(net.parameters()).device
         results, logits_all = [], []

@@ -229,6 +229,30 @@ def test_chunked_slide_inference_equals_one_pass_over_all_patches(slide):
         grid.features = None
 
 
+def test_slide_grid_as_image_tensor_gives_the_same_logits_as_the_evaluator_path(slide):
+    """MONAI Label's call: inferer(torch.as_tensor(data["image"])[None], network), no grids argument."""
+    from monai.data import MetaTensor
+
+    from medbundle.transforms.wsi import SlideGridImaged, TissueGridd
+    from medbundle.wsi_inference import SlideMILInferer
+
+    path, _, _ = slide
+    d = TissueGridd("image", patch_size=32, mpp=2.0, mask_mpp=8.0)({"image": str(path)})
+    d = SlideGridImaged("image")(d)
+    image, grid = d["image"], d["grid"]
+    assert isinstance(image, MetaTensor) and image.shape == (len(grid), 2) and image.dtype == torch.int64
+    np.testing.assert_array_equal(image.numpy(), grid.coords)
+    assert image.meta["filename_or_obj"] == str(path)
+    net = _tiny_mil().eval()
+    ref = SlideMILInferer(chunk_size=16)(torch.tensor([len(grid)]), net, grids=[grid])
+    inf = SlideMILInferer(chunk_size=16)
+    logits = inf(image[None].to("cpu"), net)
+    torch.testing.assert_close(logits, ref)
+    assert inf.last_results[0].path == str(path)
+    with pytest.raises(ValueError, match="SlideGridImaged"):
+        SlideMILInferer()(torch.zeros(1, 5, 2), net)
+
+
 def test_bag_features_are_cached_per_backbone(slide, tmp_path):
     from medbundle.transforms.wsi import BagFeaturesd, RandFeatureBagd
 

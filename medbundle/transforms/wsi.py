@@ -15,6 +15,9 @@ These transforms fill those gaps:
 - :class:`BagFeaturesd` (feature mode, deterministic): embeds every tissue patch once with a frozen
   backbone and caches the ``(N, D)`` features on disk; :class:`RandFeatureBagd` then draws ``bag_size``
   feature rows per step.
+- :class:`SlideGridImaged` (inference behind a server): puts the grid into ``image`` as a tensor of patch
+  coordinates carrying the grid in its metadata, for callers (MONAI Label) that hand an inferer only
+  ``data["image"]`` as a tensor; :class:`~medbundle.wsi_inference.SlideMILInferer` reads the grid back.
 - :class:`OrdinalProbabilitiesd` (post-processing of graded models): ``K - 1`` ordinal logits -> ``K``
   class probabilities.
 """
@@ -37,12 +40,14 @@ from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from medbundle.data.wsi import SlideGrid, build_slide_grid, read_patches, wsi_reader
 
 __all__ = [
+    "SLIDE_GRID_META_KEY",
     "BagFeaturesd",
     "OrdinalProbabilitiesd",
     "RandBagd",
     "RandDihedralBagd",
     "RandFeatureBagd",
     "SlideCache",
+    "SlideGridImaged",
     "TissueGridd",
     "embed_grid",
 ]
@@ -160,6 +165,36 @@ class TissueGridd(MapTransform):
             grid.drop_images()
         d[self.grid_key] = grid
         d.setdefault("filename", str(d[key]))
+        return d
+
+
+SLIDE_GRID_META_KEY = "slide_grid"
+
+
+class SlideGridImaged(MapTransform):
+    """Replace the slide path in ``keys`` with the slide's patch grid as a tensor, for tensor-only callers.
+
+    MONAI Label's infer task converts ``data["image"]`` to a tensor and calls ``inferer(image[None],
+    network)``: a whole slide cannot travel that way as pixels, and a path cannot travel at all. This
+    transform (after :class:`TissueGridd`) sets ``keys`` to a :class:`~monai.data.MetaTensor` of the
+    grid's level-0 ``(y, x)`` patch corners, shape ``(N, 2)`` int64, whose metadata holds the
+    :class:`~medbundle.data.wsi.SlideGrid` under ``"slide_grid"`` and the slide path under
+    ``"filename_or_obj"``. :class:`~medbundle.wsi_inference.SlideMILInferer` called without ``grids``
+    takes the grid from there and reads the pixels in chunks, as in the bundle's own evaluator.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", grid_key: str = "grid") -> None:
+        super().__init__(keys)
+        self.grid_key = grid_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.data import MetaTensor
+
+        d = dict(data)
+        grid = d[self.grid_key]
+        for key in self.key_iterator(d):
+            d[key] = MetaTensor(torch.as_tensor(np.asarray(grid.coords, dtype=np.int64).reshape(-1, 2)),
+                                meta={SLIDE_GRID_META_KEY: grid, "filename_or_obj": grid.path})
         return d
 
 
