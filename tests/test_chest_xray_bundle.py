@@ -20,7 +20,7 @@ from medbundle.data.synthetic_xray import generate_chestxray14
 BUNDLE = BUNDLES / "chest_xray_classification"
 CFG = BUNDLE / "configs"
 META = ["--meta_file", str(CFG / "metadata.json"), "--logging_file", str(CFG / "logging.conf")]
-TINY = ["--image_size", "48", "--num_epochs", "4", "--batch_size", "16", "--cache_rate", "1.0"]
+TINY = ["--image_size", "48", "--num_epochs", "6", "--batch_size", "16", "--cache_rate", "1.0"]
 
 
 @pytest.fixture(scope="module")
