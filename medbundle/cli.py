@@ -1,4 +1,4 @@
-"""The ``medbundle`` command: list, demo, report, froc, verify, package."""
+"""The ``medbundle`` command: list, demo, report, froc, verify, package, label-env, label-app."""
 
 from __future__ import annotations
 
@@ -135,6 +135,39 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_label_env(args: argparse.Namespace) -> int:
+    from medbundle.label import create_label_env
+
+    try:
+        venv = create_label_env(args.venv)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"MONAI Label environment ready: {venv} (layered on {sys.prefix})")
+    return 0
+
+
+def _cmd_label_app(args: argparse.Namespace) -> int:
+    import shlex
+
+    from medbundle.label import demo_app, server_command
+
+    try:
+        res = demo_app(args.workdir, args.label_env, args.bundles or None, retrain=args.retrain,
+                       n_labelled=args.labelled)
+    except (KeyError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    cmd = server_command(args.label_env, res["app"], res["studies"], res["models"], port=args.port)
+    print(f"app: {res['app']} (bundles in {res['app'] / 'model'})\nstudies: {res['studies']}")
+    print("start the server with:\n  " + shlex.join(cmd))
+    for name in res["models"]:
+        print(f"  curl -X POST 'http://127.0.0.1:{args.port}/infer/{name}?image={res['ids'][name]}&output=json'")
+    if res["ids"].get("cxr_train"):
+        print(f"class labels for /train: {res['labels']}/*.json ({len(res['ids']['cxr_train'])} chest X-rays)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medbundle", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--with-weights", default=None, metavar="DIR",
                    help="folder with <name>/model.pt (or <name>/models/model.pt) to package as models/model.pt")
     s.set_defaults(func=_cmd_package)
+
+    s = sub.add_parser("label-env", help="create a MONAI Label environment layered on this one")
+    s.add_argument("venv", help="folder for the new virtual environment (e.g. .venv-label)")
+    s.set_defaults(func=_cmd_label_env)
+
+    s = sub.add_parser("label-app", help="train the demo bundles and lay out a MONAI Label app and studies folder")
+    s.add_argument("bundles", nargs="*", help="bundle names (default: all four)")
+    s.add_argument("--workdir", default="demo_work/label", help="data, trained bundles, app/ and studies/ go here")
+    s.add_argument("--label-env", default=".venv-label", help="the MONAI Label environment (medbundle label-env)")
+    s.add_argument("--port", type=int, default=8000, help="port in the printed server command")
+    s.add_argument("--retrain", action="store_true", help="train again even where a checkpoint exists")
+    s.add_argument("--labelled", type=int, default=12,
+                   help="chest X-rays added to the studies with class-label files in <workdir>/labels (for /train)")
+    s.set_defaults(func=_cmd_label_app)
 
     s = sub.add_parser("froc", help="LUNA16 FROC/CPM of a results CSV", add_help=False)
     s.set_defaults(func=None)

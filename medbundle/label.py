@@ -6,7 +6,15 @@ overrides. :func:`prepare_model_dir` therefore copies a bundle and writes a *mer
 (``inference.json`` + overlays + overrides) so that the network it builds matches the trained weights.
 
 Demo recipes (:data:`DEMO_RECIPES`) hold the small synthetic-data settings that the bundle tests use;
-:func:`train_demo_bundle` trains one with ``python -m monai.bundle run training`` as a user would.
+:func:`train_demo_bundle` trains one with ``python -m monai.bundle run training`` as a user would;
+:func:`demo_studies` writes a MONAI Label studies folder with an image for each bundle.
+
+MONAI Label 0.8.5 pins packages the main environment cannot share (``pydicom-seg`` needs
+``jsonschema<4`` and ``numpy<2``; MONAI Label needs ``pydicom==2.4.4``), so it runs in a separate virtual
+environment. :func:`create_label_env` (``medbundle label-env VENV``) builds one *layered* on the current
+environment: a ``.pth`` file makes the main environment's packages (torch, MONAI, medbundle) importable
+behind the new one's own, and only MONAI Label and what the main environment lacks or pins differently are
+installed into it (ITK is the largest part; no second PyTorch).
 """
 
 from __future__ import annotations
@@ -21,9 +29,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BUNDLES_DIR", "DEMO_RECIPES", "make_demo_data", "merged_config", "monaibundle_app_source", "prepare_app",
-    "prepare_model_dir", "train_demo_bundle",
+    "BUNDLES_DIR", "DEMO_RECIPES", "LABEL_PINS", "MONAILABEL_VERSION", "create_label_env", "demo_app",
+    "demo_studies", "env_prefix", "make_demo_data", "merged_config", "monaibundle_app_source", "prepare_app",
+    "prepare_model_dir", "server_command", "train_demo_bundle",
 ]
+
+MONAILABEL_VERSION = "0.8.5"
+#: installed next to MONAI Label's own requirements: the versions MONAI Label 0.8.5 starts with
+#: (its pydicom-seg import breaks on pydicom 3), and a pandas that runs on the numpy < 2 that
+#: pydicom-seg pins (pandas 3.1 needs numpy 2)
+LABEL_PINS = ("pydicom==2.4.4", "dicomweb-client==0.59.3", "pynetdicom==2.0.2", "pandas<3.1")
+#: requirements of the monailabel wheel left out of a layered environment: SAM2 (built from source, with
+#: its own PyTorch pins; its models are off with ``--conf sam2 false``). MONAI and its extras stay: pip
+#: finds MONAI in the main environment and adds the extras MONAI Label imports (ITK, ...)
+_SKIPPED_REQUIREMENTS = ("sam2",)
 
 BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 
@@ -207,3 +226,170 @@ def train_demo_bundle(
         args += [f"--{k}", repr(v)]
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=True,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _requirement_name(req: str) -> str:
+    name = req
+    for sep in "[<>=!~; ":
+        name = name.split(sep, 1)[0]
+    return name.strip().lower().replace("_", "-")
+
+
+def _run(cmd: Sequence[str], what: str) -> None:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def create_label_env(
+    venv: str | os.PathLike, monailabel_version: str = MONAILABEL_VERSION, pins: Sequence[str] = LABEL_PINS,
+    pip_args: Sequence[str] = (),
+) -> Path:
+    """Create a MONAI Label environment at ``venv`` layered on the running Python environment.
+
+    Steps: ``python -m venv`` with the base interpreter of this environment; a ``.pth`` file that adds this
+    environment's site-packages *after* the new one's (so the new environment's pins win); ``pip install
+    --no-deps monailabel==<version>``; then ``pip install`` of MONAI Label's requirements (read from the
+    installed wheel, less :data:`_SKIPPED_REQUIREMENTS`) and ``pins``. pip sees the main environment's
+    packages through the ``.pth`` file and installs only what is missing or conflicting; it never changes
+    the main environment. Finally imports ``monailabel``, ``monai``, ``torch`` and ``medbundle`` in the new
+    environment and checks the pinned pydicom.
+
+    Returns the environment's folder. Raises ``RuntimeError`` with pip's output when a step fails.
+    """
+    import site
+    import sysconfig
+
+    venv = Path(venv).resolve()
+    base_python = getattr(sys, "_base_executable", None) or sys.executable
+    _run([base_python, "-m", "venv", venv], "creating the virtual environment")
+    python = venv / "bin" / "python"
+    new_site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+    ours = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+                                      sysconfig.get_paths()["platlib"]]) if Path(p).is_dir()]
+    # addsitedir (not a bare path line) so the main environment's own .pth files (editable installs) apply
+    (new_site / "_medbundle_main_env.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in ours))
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args]
+    _run([*pip, "--no-deps", f"monailabel=={monailabel_version}"], "installing monailabel")
+    reqs = subprocess.run([python, "-c", "import importlib.metadata as m, json; print(json.dumps(m.requires("
+                                         "'monailabel') or []))"], capture_output=True, text=True, check=True)
+    pinned = {_requirement_name(p) for p in pins}
+    wanted = [r for r in json.loads(reqs.stdout)
+              if _requirement_name(r) not in (*_SKIPPED_REQUIREMENTS, *pinned) and "extra ==" not in r]
+    _run([*pip, *wanted, *pins], "installing MONAI Label's requirements")
+    check = ("import monailabel, monai, torch, medbundle, pydicom, numpy; "
+             f"assert pydicom.__version__ == {[p for p in pins if p.startswith('pydicom==')][0][9:]!r}, "
+             "pydicom.__version__; print(monailabel.__version__, monai.__version__, torch.__version__)")
+    _run([python, "-c", check], "importing MONAI Label in the new environment")
+    return venv
+
+
+def demo_studies(root: str | os.PathLike, data: Mapping[str, Mapping[str, str | os.PathLike]],
+                 n_labelled: int = 0) -> dict[str, Any]:
+    """A MONAI Label studies folder ``root`` with one demo image per bundle in ``data`` (as written by
+    :func:`make_demo_data`); returns bundle name -> image id.
+
+    The LUNA16 MetaImage scan is written as NIfTI (MONAI Label's datastore does not list ``.mhd``). With
+    ``n_labelled`` > 0, that many further chest X-rays are copied as ``cxr_train_NN.png`` and
+    ``ids["cxr_train"]`` lists ``(image id, [findings])`` for them, to save as labels for ``/train``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ids: dict[str, Any] = {}
+    cxr, ct, det, wsi = ("chest_xray_classification", "ct_volume_classification", "lung_nodule_ct_detection",
+                         "wsi_mil_classification")
+    if cxr in data:
+        from medbundle.data.chestxray import chestxray14_datalist
+
+        dl = chestxray14_datalist(data[cxr]["dataset_dir"], val_fraction=0.2, seed=0)
+        shutil.copy(next(it["image"] for it in dl["testing"] if str(it["image"]).endswith(".png")),
+                    root / "cxr_case.png")
+        ids[cxr] = "cxr_case"
+        pngs = [it for it in dl["training"] if str(it["image"]).endswith(".png")][:n_labelled]
+        for i, item in enumerate(pngs):
+            shutil.copy(item["image"], root / f"cxr_train_{i:02d}.png")
+        ids["cxr_train"] = [(f"cxr_train_{i:02d}", [dl["labels"][j] for j, v in enumerate(it["label"]) if v == 1])
+                            for i, it in enumerate(pngs)]
+    if ct in data:
+        shutil.copy(sorted((Path(data[ct]["dataset_dir"]) / "volumes").glob("*.nii.gz"))[0], root / "ct_case.nii.gz")
+        ids[ct] = "ct_case"
+    if det in data:
+        import nibabel as nib
+        from monai.transforms import LoadImage
+
+        from medbundle.data.metaimage import luna16_readers
+
+        mhd = sorted(Path(data[det]["dataset_dir"]).rglob("*.mhd"))[0]
+        img = LoadImage(image_only=True, reader=luna16_readers())(str(mhd))
+        nib.save(nib.Nifti1Image(img.numpy(), img.affine.numpy()), root / "det_case.nii.gz")
+        ids[det] = "det_case"
+    if wsi in data:
+        shutil.copy(sorted((Path(data[wsi]["dataset_dir"]) / "testing" / "images").glob("*.tif"))[0],
+                    root / "wsi_case.tif")
+        ids[wsi] = "wsi_case"
+    return ids
+
+
+def env_prefix(venv: str | os.PathLike) -> Path:
+    """``sys.prefix`` of the virtual environment at ``venv`` (where the monailabel wheel put its sample apps)."""
+    python = Path(venv) / "bin" / "python"
+    if not python.is_file():
+        raise FileNotFoundError(f"{python} does not exist: create the MONAI Label environment first "
+                                f"(medbundle label-env {venv})")
+    out = subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True,
+                         check=True)
+    return Path(out.stdout.strip())
+
+
+def demo_app(
+    workdir: str | os.PathLike, venv: str | os.PathLike, names: Sequence[str] | None = None, retrain: bool = False,
+    n_labelled: int = 0,
+) -> dict[str, Any]:
+    """Everything a MONAI Label demo needs under ``workdir``: synthetic data (``data/``), each bundle trained
+    with its demo recipe (``work/<name>``, kept when already trained unless ``retrain``), the ``monaibundle``
+    app from the environment ``venv`` with those bundles in ``app/model/``, ``studies/``, and with
+    ``n_labelled`` > 0 (chest X-ray bundle) the class-label files of that many further studies images in
+    ``labels/<image id>.json``, ready for ``PUT /datastore/label`` and ``/train``.
+
+    Returns ``{"app", "studies", "labels", "models", "ids"}`` (``ids`` as :func:`demo_studies`)."""
+    workdir = Path(workdir).resolve()
+    names = list(names or DEMO_RECIPES)
+    unknown = [n for n in names if n not in DEMO_RECIPES]
+    if unknown:
+        raise KeyError(f"no demo recipe for {unknown}; known: {sorted(DEMO_RECIPES)}")
+    prefix = env_prefix(venv)
+    data, works = {}, {}
+    for name in names:
+        data[name] = make_demo_data(name, workdir / "data")
+        works[name] = workdir / "work" / name
+        if retrain or not (works[name] / "models" / "model.pt").is_file():
+            train_demo_bundle(name, data[name], works[name])
+    app = prepare_app(workdir / "app", prefix, works)
+    studies = workdir / "studies"
+    if studies.exists():
+        shutil.rmtree(studies)
+    ids = demo_studies(studies, data, n_labelled=n_labelled)
+    labels = workdir / "labels"
+    if labels.exists():
+        shutil.rmtree(labels)
+    if ids.get("cxr_train"):
+        from medbundle.data.class_labels import write_class_label
+
+        for image_id, findings in ids["cxr_train"]:
+            write_class_label(labels / f"{image_id}.json", findings)
+    return {"app": app, "studies": studies, "labels": labels, "models": names, "ids": ids}
+
+
+def server_command(venv: str | os.PathLike, app: str | os.PathLike, studies: str | os.PathLike,
+                   models: Sequence[str], host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+    """The command that starts MONAI Label on ``app`` serving ``models`` from its local ``model/`` folder.
+
+    ``python -m monailabel.main`` rather than the ``monailabel`` script (a shell wrapper that runs whichever
+    ``python`` is first on ``PATH``); ``--conf zoo_source local``: load ``model/<name>`` instead of
+    downloading from MONAI's model hosting; ``--conf sam2 false``: no SAM2 models."""
+    return [str(Path(venv) / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app", str(app),
+            "--studies", str(studies), "--conf", "models", ",".join(models), "--conf", "sam2", "false",
+            "--conf", "zoo_source", "local", "--conf", "preload", "false", "--host", host, "--port", str(port)]

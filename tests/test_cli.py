@@ -90,3 +90,21 @@ def test_demo_runs_the_readme_path_end_to_end(tmp_path, capsys):
     assert "mean AUROC (test)" in out and "chest_xray_classification" in out
     for step in ("training", "evaluating", "inference"):
         assert (b / "logs" / f"{step}.log").stat().st_size > 0
+
+
+def test_label_app_without_a_monai_label_environment_says_how_to_make_one(tmp_path, capsys):
+    from medbundle.cli import main
+
+    assert main(["label-app", "--workdir", str(tmp_path / "w"), "--label-env", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "medbundle label-env" in err and str(tmp_path / "none") in err
+    assert not (tmp_path / "w" / "work").exists()  # nothing was trained before the check
+
+
+def test_label_env_requirement_names():
+    from medbundle.label import _requirement_name
+
+    assert _requirement_name("monai[fire,itk]>=1.4.0") == "monai"
+    assert _requirement_name('sam2>=0.4.1; python_version >= "3.10"') == "sam2"
+    assert _requirement_name("dicomweb-client[gcp]>=0.59.1") == "dicomweb-client"
+    assert _requirement_name("expiring_dict>=1.1.0") == "expiring-dict"

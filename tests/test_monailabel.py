@@ -1,10 +1,12 @@
 """The trained demo bundles served by a real MONAI Label (0.8.5) server, ``monaibundle`` app, over HTTP.
 
-MONAI Label pins packages that the main environment does not use (pydicom 2.4, ...), so it lives in its
-own virtual environment: ``MEDBUNDLE_LABEL_VENV`` (default ``.venv-label`` in the repository); see
-``docs/monailabel.md``. Without it these tests are skipped. The bundles are trained here (main
-environment, ``python -m monai.bundle run training`` with the demo overlay), copied into the app's
-``model/`` folder by :func:`medbundle.label.prepare_app`, and the server is started on 127.0.0.1.
+MONAI Label pins packages that the main environment cannot share (pydicom 2.4, numpy < 2, ...), so it
+lives in its own virtual environment: ``MEDBUNDLE_LABEL_VENV`` (default ``.venv-label`` in the
+repository), made by ``medbundle label-env .venv-label`` (the README's test command does this); see
+``docs/monailabel.md``. Without it these tests are skipped. The four bundles are trained here (main
+environment, ``python -m monai.bundle run training`` with the demo recipes), laid out in the app's
+``model/`` folder by :func:`medbundle.label.demo_app`, and the server is started on 127.0.0.1 on a free
+port. The tests call ``/info``, ``/infer`` for every bundle, ``PUT /datastore/label`` and ``/train``.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from medbundle.label import make_demo_data, prepare_app, train_demo_bundle
+from medbundle.data.chestxray import CHESTXRAY14_FINDINGS
+from medbundle.data.class_labels import read_class_label
+from medbundle.label import demo_app, server_command
 
 VENV = Path(os.environ.get("MEDBUNDLE_LABEL_VENV", REPO / ".venv-label"))
-PYTHON = VENV / "bin" / "python"
 if not (VENV / "bin" / "monailabel").is_file():
-    pytest.skip(f"MONAI Label is not installed in {VENV} (set MEDBUNDLE_LABEL_VENV; see docs/monailabel.md)",
+    pytest.skip(f"MONAI Label is not installed in {VENV} (medbundle label-env {VENV}; see docs/monailabel.md)",
                 allow_module_level=True)
 
 CXR = "chest_xray_classification"
 CT = "ct_volume_classification"
 DET = "lung_nodule_ct_detection"
-MODELS = [CXR, CT, DET]
+WSI = "wsi_mil_classification"
+MODELS = [CXR, CT, DET, WSI]
+N_TRAIN = 12  # labelled chest X-rays uploaded to the datastore for /train
 
 
 def _free_port() -> int:
@@ -55,52 +60,27 @@ def _post(url: str, params: dict | None = None, timeout: float = 600.0) -> dict:
         return json.loads(r.read())
 
 
-def _studies(root: Path, data: dict[str, dict[str, Path]]) -> dict[str, str]:
-    """A studies folder with one image per model; returns model -> image id."""
-    import nibabel as nib
-
-    studies = root / "studies"
-    studies.mkdir()
-    ids = {}
-    png = sorted((data[CXR]["dataset_dir"] / "images").glob("*.png"))[0]
-    (studies / "cxr_case.png").write_bytes(png.read_bytes())
-    ids[CXR] = "cxr_case"
-    vol = sorted((data[CT]["dataset_dir"] / "volumes").glob("*.nii.gz"))[0]
-    (studies / "ct_case.nii.gz").write_bytes(vol.read_bytes())
-    ids[CT] = "ct_case"
-    mhd = sorted(data[DET]["dataset_dir"].rglob("*.mhd"))[0]
-    from monai.transforms import LoadImage
-
-    from medbundle.data.metaimage import luna16_readers
-
-    img = LoadImage(image_only=True, reader=luna16_readers())(str(mhd))
-    nib.save(nib.Nifti1Image(img.numpy(), img.affine.numpy()), studies / "det_case.nii.gz")
-    ids[DET] = "det_case"
-    return ids
+def _put_label(url: str, image: str, path: Path) -> dict:
+    """``PUT /datastore/label`` (multipart upload of one file), as the MONAI Label clients save a label."""
+    boundary = "medbundle-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"{path.name}\"\r\n"
+            f"Content-Type: application/json\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{url}/datastore/label?image={image}&tag=final", data=body, method="PUT",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("label")
-    data, works = {}, {}
-    for name in MODELS:
-        data[name] = make_demo_data(name, root / "data")
-        works[name] = root / "work" / name
-        train_demo_bundle(name, data[name], works[name])
-    prefix = subprocess.run([str(PYTHON), "-c", "import sys; print(sys.prefix)"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    app = prepare_app(root / "app", prefix, works)
-    ids = _studies(root, data)
+    demo = demo_app(root, VENV, MODELS, n_labelled=N_TRAIN)
+    ids = demo["ids"]
     port = _free_port()
     log = open(root / "server.log", "w")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        # the bin/monailabel wrapper runs whichever ``python`` is first on PATH: call the module instead
-        [str(PYTHON), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(root / "studies"),
-         "--conf", "models", ",".join(MODELS), "--conf", "sam2", "false", "--conf", "zoo_source", "local",
-         "--conf", "preload", "false", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
-    )
+    proc = subprocess.Popen(server_command(VENV, demo["app"], demo["studies"], MODELS, port=port),
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
@@ -160,3 +140,59 @@ def test_infer_returns_nodule_boxes_with_scores(server):
     assert len(res["score"]) == len(res["box_world"]) == len(res["label"]) == n
     assert all(0.0 <= s <= 1.0 for s in res["score"]) and res["score"] == sorted(res["score"], reverse=True)
     assert all(len(b) == 6 and b[3] > 0 and b[4] > 0 and b[5] > 0 for b in res["box_world"])
+
+
+def test_infer_returns_the_slide_score_of_the_bundles_own_inference(server, tmp_path):
+    url, _, ids, root = server
+    res = _post(f"{url}/infer/{WSI}?image={ids[WSI]}&output=json")
+    scores = {s["label"]: s["score"] for s in res["prediction"]}
+    assert set(scores) == {"normal", "tumor"}
+    assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+    # the same slide through the same model folder with `python -m monai.bundle run` (main environment):
+    # MONAI Label must answer what the bundle itself writes to predictions.csv
+    import csv
+    import sys
+
+    bundle = root / "app" / "model" / WSI
+    out = tmp_path / "pred"
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                    str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                    "--input", str(root / "studies" / "wsi_case.tif"), "--output_dir", str(out),
+                    "--save_maps", "false"], check=True, capture_output=True, timeout=600)
+    row = next(csv.DictReader(open(out / "predictions.csv")))
+    assert scores["tumor"] == pytest.approx(float(row["tumor"]), abs=1e-4)
+    assert scores["normal"] == pytest.approx(float(row["normal"]), abs=1e-4)
+
+
+def test_train_runs_the_bundle_trainer_on_labels_saved_in_the_datastore(server):
+    url, info, ids, root = server
+    assert CXR in info["trainers"]
+    assert len(ids["cxr_train"]) == N_TRAIN
+    for image, findings in ids["cxr_train"]:
+        label = root / "labels" / f"{image}.json"  # written by demo_app with write_class_label
+        assert read_class_label(label, CHESTXRAY14_FINDINGS) == [float(f in findings) for f in CHESTXRAY14_FINDINGS]
+        assert _put_label(url, image, label)["label"] == image
+    ckpt = root / "app" / "model" / CXR / "models" / "model.pt"
+    before = ckpt.stat().st_mtime_ns
+    params = {"max_epochs": 2, "device": "cpu", "val_split": 0.25, "multi_gpu": False, "pretrained": True}
+    req = urllib.request.Request(f"{url}/train/{CXR}", data=json.dumps(params).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["status"] in ("SUBMITTED", "RUNNING", "DONE")
+    deadline = time.time() + 900
+    while True:  # GET /train/ reports the last training task; it runs in a subprocess of the server
+        task = _get(f"{url}/train/")
+        if task["status"] in ("DONE", "ERROR", "STOPPED") or time.time() > deadline:
+            break
+        time.sleep(3)
+    log = "\n".join(task.get("details", []))
+    assert task["status"] == "DONE", log
+    train_log = (root / "server.log").read_text()
+    assert f"Total Records in Dataset: {N_TRAIN}" in train_log
+    assert "Total Records for Training: 9" in train_log  # val_split 0.25 of 12 labelled images
+    # MONAI's trainer ran 2 epochs on them and the checkpoint saver rewrote the served model
+    assert "Epoch[2]" in train_log and "train_loss" in train_log
+    assert ckpt.stat().st_mtime_ns > before
+    # and the server answers with the retrained weights
+    res = _post(f"{url}/infer/{CXR}?image={ids[CXR]}&output=json")
+    assert len(res["prediction"]) == 14
