@@ -207,3 +207,26 @@ def test_wsi_mil_two_process_training(tmp_path):
     state = _check_rank0_only(work, log0, log1, "val_slide_auroc", extra=("models/thresholds.json",))
     assert any(k.startswith("attention") or "attention" in k for k in state)
     _check_shards(work, len(datalist["training"]), {str(d["image"]) for d in datalist["training"]})
+
+
+def test_rank_handlers_select_by_type_not_position(tmp_path):
+    """MONAI Label inserts a CheckpointLoader at the front of train#handlers: the other ranks must still run
+    the validation handler (it takes part in collective communication) and skip only the writers."""
+    import torch
+    from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler, StatsHandler, ValidationHandler
+
+    from medbundle.handlers import ClassificationReport, rank_handlers
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loader = CheckpointLoader(load_path=str(tmp_path / "model.pt"), load_dict={"model": net})
+    lr = LrScheduleHandler(torch.optim.lr_scheduler.StepLR(opt, 1))
+    val = ValidationHandler(interval=1, validator=None)
+    stats = StatsHandler()
+    train = [loader, lr, val, stats]
+    assert rank_handlers(train, is_rank0=True) == train
+    assert rank_handlers(train, is_rank0=False) == [loader, lr, val]
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net})
+    report = ClassificationReport.__new__(ClassificationReport)  # a metric report: runs on every rank
+    assert rank_handlers([stats, saver, report], is_rank0=False) == [report]
+    assert rank_handlers(None, is_rank0=False) == []

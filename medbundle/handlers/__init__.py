@@ -8,7 +8,7 @@ from medbundle.handlers.classification import (
     to_jsonable,
 )
 from medbundle.handlers.detection import CPMMetric, DetectionMetric, DetectionReport, DetectionWriter
-from medbundle.handlers.distributed import ShardRecorder
+from medbundle.handlers.distributed import ShardRecorder, rank_handlers
 from medbundle.handlers.inference import GradCAMSaver, PredictionsWriter
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "MultiLabelAUROC",
     "PredictionsWriter",
     "ShardRecorder",
+    "rank_handlers",
     "load_thresholds",
     "to_jsonable",
 ]

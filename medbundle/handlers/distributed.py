@@ -1,4 +1,10 @@
-"""Opt-in debug handler that records which training items each DDP rank draws.
+"""Handlers for multi-process (DDP) training: which handlers each rank runs, and a shard recorder.
+
+:func:`rank_handlers` picks a rank's handlers by *type*: rank 0 runs all of them; the other ranks drop the
+MONAI handlers that only log or write files (stats, checkpoints, TensorBoard, MLflow, metric savers) and
+keep everything else (LR schedule, validation, metric and report handlers, which take part in collective
+communication, and checkpoint loaders). Selecting by position would break as soon as a list is reordered
+or extended: MONAI Label's bundle trainer inserts a ``CheckpointLoader`` at the front of ``train#handlers``.
 
 :class:`ShardRecorder` shows how a distributed sampler split the training set: it wraps the sampler behind
 the trainer's data loader, records the dataset indices actually drawn in one epoch, and writes
@@ -24,13 +30,39 @@ from monai.utils import min_version, optional_import
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["ShardRecorder"]
+__all__ = ["RANK0_ONLY_HANDLERS", "ShardRecorder", "rank_handlers"]
+
+
+def _rank0_only_types() -> tuple[type, ...]:
+    from monai import handlers as h
+
+    names = ("StatsHandler", "CheckpointSaver", "TensorBoardStatsHandler", "TensorBoardImageHandler",
+             "MLFlowHandler", "ClearMLStatsHandler", "ClearMLImageHandler", "MetricsSaver", "ClassificationSaver")
+    return tuple(getattr(h, n) for n in names if hasattr(h, n))
+
+
+#: handler classes that only log or write files; other ranks than 0 do not run them
+RANK0_ONLY_HANDLERS: tuple[type, ...] = _rank0_only_types()
 
 
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return int(os.environ.get("RANK", 0))
+
+
+def rank_handlers(handlers: list | tuple | None, is_rank0: bool | None = None) -> list:
+    """The handlers this rank runs: all of them on rank 0, the others less :data:`RANK0_ONLY_HANDLERS`.
+
+    Args:
+        handlers: a trainer's or evaluator's handler list (instantiated objects).
+        is_rank0: whether this process is rank 0; default: from the initialised process group, else the
+            ``RANK`` environment variable.
+    """
+    handlers = list(handlers or [])
+    if (_rank() == 0) if is_rank0 is None else is_rank0:
+        return handlers
+    return [h for h in handlers if not isinstance(h, RANK0_ONLY_HANDLERS)]
 
 
 class _RecordingSampler:
