@@ -20,7 +20,7 @@ from medbundle.data.synthetic_xray import generate_chestxray14
 BUNDLE = BUNDLES / "chest_xray_classification"
 CFG = BUNDLE / "configs"
 META = ["--meta_file", str(CFG / "metadata.json"), "--logging_file", str(CFG / "logging.conf")]
-TINY = ["--image_size", "48", "--num_epochs", "6", "--batch_size", "16", "--cache_rate", "1.0"]
+TINY = ["--image_size", "48", "--num_epochs", "5", "--batch_size", "16", "--cache_rate", "1.0"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def trained(tmp_path_factory):
     """Generate data, train, and return (data dir, bundle work dir, training stdout)."""
     root = tmp_path_factory.mktemp("cxr")
     data = root / "ChestXray14"
-    generate_chestxray14(data, n_patients=200, size=96, n_dicom=10, seed=1, min_pos_per_split=3)
+    generate_chestxray14(data, n_patients=270, size=96, n_dicom=10, seed=1, min_pos_per_split=3,
+                         test_fraction=0.4)
     work = root / "bundle"
     proc = run_bundle(
         ["run", "training", "--config_file", config_list(CFG / "train.json", CFG / "demo.json"), *META,
@@ -221,30 +222,3 @@ def test_training_with_mlflow_tracking_records_a_finished_run(trained, tmp_path)
     assert len(history) >= 2  # logged every iteration
     # the executed config is kept as an artifact of the run
     assert any(a.path.startswith("config_") for a in client.list_artifacts(run.info.run_id))
-
-
-def test_multi_gpu_config_runs_under_torchrun(trained, tmp_path):
-    """train.json + multi_gpu_train.json under torchrun (one gloo process on CPU): trains and saves."""
-    import os
-    import subprocess
-    import sys
-
-    data, _, _ = trained
-    work = tmp_path / "ddp"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29517",
-           "-m", "monai.bundle", "run", "training", "--config_file",
-           config_list(CFG / "train.json", CFG / "demo.json", CFG / "multi_gpu_train.json"), *META,
-           "--bundle_root", str(work), "--dataset_dir", str(data), "--image_size", "32", "--num_epochs", "1",
-           "--balanced_sampler", "False"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    assert "val_mean_auroc" in log
-    assert (work / "models" / "model.pt").is_file() and (work / "models" / "thresholds.json").is_file()
-    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
-    # the checkpoint of the DistributedDataParallel run loads into the plain network inference uses
-    from monai.networks.nets import DenseNet121
-
-    plain = DenseNet121(spatial_dims=2, in_channels=1, out_channels=14)
-    plain.load_state_dict(state)  # strict: raises on "module." prefixes or missing keys
