@@ -1,4 +1,4 @@
-"""The ``medbundle`` command: list, demo, report, froc, verify, package, label-env, label-app."""
+"""The ``medbundle`` command: list, demo, prepare, report, froc, verify, package, label-env, label-app."""
 
 from __future__ import annotations
 
@@ -34,6 +34,70 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(items: list[str] | None) -> dict[str, str]:
+    """``--set KEY=VALUE`` arguments as ``{KEY: VALUE}`` (values as typed: Python literals or text)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (a config id and a Python literal), got {item!r}")
+        out[key] = value
+    return out
+
+
+def _literal(value: str):
+    """A command-line value as MONAI's bundle runner reads it: a Python literal when it parses, else text."""
+    import ast
+
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(nbytes) < 1024 or unit == "TB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    import logging
+
+    from medbundle.prepare import prepare_bundle
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        overrides = {k: _literal(v) for k, v in _overrides(args.set).items()}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for key in ("dataset_dir", "datalist_file", "bundle_root"):
+        if getattr(args, key, None):
+            overrides[key] = str(Path(getattr(args, key)).resolve())
+    try:
+        reports = prepare_bundle(args.bundle, overrides, config_files=args.config or (),
+                                 splits=args.splits.split(","), num_workers=args.workers)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not reports:
+        print("nothing to prepare")
+        return 0
+    rows = [[r["split"], r["items"], r["prepared"], r["already_cached"], r["failed"], _size(r["bytes_written"]),
+             _size(r["cache_bytes"]), f"{r['seconds']:.0f}"] for r in reports]
+    print()
+    print(_table(rows, ["split", "items", "prepared", "cached before", "failed", "written", "cache size", "seconds"]))
+    folders = sorted({r["cache_dir"] for r in reports})
+    total = sum({r["cache_dir"]: r["cache_bytes"] for r in reports}.values())
+    print(f"disk used by the cache: {_size(total)} in {', '.join(folders)}")
+    if any(r["failed"] for r in reports):
+        print("unreadable items were reported above and recorded in failed.jsonl; training skips them")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from medbundle.bundle import bundle_dir
     from medbundle.demo import DEMOS, run_demo
@@ -46,13 +110,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"error: --workdir {workdir} is inside the bundle source {src}; choose another folder",
                   file=sys.stderr)
             return 2
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"error: --set takes KEY=VALUE (a config id and a Python literal), got {item!r}", file=sys.stderr)
-            return 2
-        overrides[key] = value
+    try:
+        overrides = _overrides(args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         rows = run_demo(names, workdir, verbose=args.verbose, overrides=overrides)
     except (RuntimeError, ValueError) as e:
@@ -184,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value in every step, e.g. --set num_epochs=1 (repeatable)")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("prepare", help="fill a bundle's disk cache of preprocessed items before training")
+    s.add_argument("bundle", help="bundle name or folder")
+    s.add_argument("--dataset_dir", default=None, help="the dataset root, as given to training")
+    s.add_argument("--datalist_file", default=None, help="a datalist JSON, as given to training")
+    s.add_argument("--bundle_root", default=None,
+                   help="the training's bundle_root (the cache goes to <bundle_root>/cache unless --set cache_dir=...)")
+    s.add_argument("--config", action="append", metavar="JSON",
+                   help="config layered after train.json, as in the training command (repeatable)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other config value the training command sets, e.g. --set image_size=512 (repeatable)")
+    s.add_argument("--splits", default="training,validation,testing", help="comma-separated splits to prepare")
+    s.add_argument("--workers", type=int, default=None, help="threads (default: the config's num_workers)")
+    s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser("report", help="class counts, prevalence and imbalance of a datalist")
     s.add_argument("datalist", help="MONAI datalist JSON")
