@@ -7,7 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BundleInfo", "bundle_dir", "bundles_root", "list_bundles", "task_type"]
+__all__ = ["RUN_STATE_FILES", "BundleInfo", "bundle_dir", "bundles_root", "list_bundles", "task_type"]
+
+#: Files under a bundle's ``models/`` that belong to one training run, not to the bundle others use: the resume
+#: checkpoint (optimizer, random states, ...). Packages and MONAI Label apps leave them out. (MONAI Label 0.8.5
+#: offers every ``models/*.pt`` and loads the shortest name first: a resume file named ``last.pt`` would win
+#: over ``model.pt``, which is why it is ``last_epoch.pt``.)
+RUN_STATE_FILES: tuple[str, ...] = ("last_epoch.pt",)
 
 _TASK_WORDS = ("deepedit", "deepgrow", "detection", "segmentation", "classification")
 

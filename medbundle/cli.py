@@ -90,9 +90,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
              _size(r["cache_bytes"]), f"{r['seconds']:.0f}"] for r in reports]
     print()
     print(_table(rows, ["split", "items", "prepared", "cached before", "failed", "written", "cache size", "seconds"]))
-    folders = sorted({r["cache_dir"] for r in reports})
+    folders = sorted({r["cache_dir"] for r in reports if r["cache_dir"]})
     total = sum({r["cache_dir"]: r["cache_bytes"] for r in reports}.values())
-    print(f"disk used by the cache: {_size(total)} in {', '.join(folders)}")
+    if folders:
+        print(f"disk used by the cache: {_size(total)} in {', '.join(folders)}")
+    else:
+        print("these datasets keep no entries of their own (no cache_dir); their transforms' own caches are filled")
     if any(r["failed"] for r in reports):
         print("unreadable items were reported above and recorded in failed.jsonl; training skips them")
     return 0

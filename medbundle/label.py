@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medbundle.bundle import RUN_STATE_FILES
+
 __all__ = [
     "BUNDLES_DIR", "DEMO_RECIPES", "LABEL_PINS", "MONAILABEL_VERSION", "create_label_env", "demo_app",
     "demo_studies", "env_prefix", "make_demo_data", "merged_config", "monaibundle_app_source", "prepare_app",
@@ -124,7 +126,7 @@ def prepare_model_dir(
     if not (trained / "model.pt").is_file():
         raise FileNotFoundError(f"{trained / 'model.pt'}: no trained checkpoint; train the bundle first")
     for f in trained.iterdir():
-        if f.is_file():
+        if f.is_file() and f.name not in RUN_STATE_FILES:
             shutil.copy2(f, models / f.name)
     cfg_dir = dest / "configs"
     overlay_paths = [src / "configs" / o for o in overlays]

@@ -67,8 +67,12 @@ def prepare_bundle(
     Returns:
         One report per split (see :meth:`~medbundle.data.DiskCacheDataset.prepare`), with ``split`` added.
 
+    A dataset without a ``cache_dir`` (the slide classifier: its tissue-grid transform keeps its own disk
+    cache of coordinates) still runs every item through its cached transforms, which fills their own caches
+    and finds the unreadable items.
+
     Raises:
-        ValueError: an unknown split, or a bundle whose datasets keep no disk cache.
+        ValueError: an unknown split, or a dataset that is not a :class:`~medbundle.data.DiskCacheDataset`.
     """
     path = Path(bundle) if Path(bundle).is_dir() else bundle_dir(str(bundle))
     overrides = dict(overrides or {})
@@ -88,9 +92,9 @@ def prepare_bundle(
         if not parser.get_parsed_content(data_id):
             logger.info("%s: no %s items; nothing to prepare", path.name, split)
             continue
-        cache_id = f"{dataset_id}#cache_dir"
-        if cache_id not in parser or parser.get_parsed_content(cache_id) is None:
-            raise ValueError(f"{path.name}: {dataset_id} keeps no disk cache (its cache_dir is null); "
+        target = str(parser.get(f"{dataset_id}#_target_", ""))
+        if not target.endswith("DiskCacheDataset"):
+            raise ValueError(f"{path.name}: {dataset_id} is a {target or '?'}, not a DiskCacheDataset; "
                              "nothing to prepare")
         parser[f"{dataset_id}#precheck"] = False  # prepare() below does the work, with its report
         dataset = parser.get_parsed_content(dataset_id)

@@ -29,6 +29,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from medbundle.bundle import RUN_STATE_FILES
+
 __all__ = [
     "CheckResult",
     "ChecksumError",
@@ -483,7 +485,8 @@ def package_bundles(bundles: Iterable[str | Path], out: str | Path, base_url: st
                 files.append(p)
             elif p.is_dir():
                 files += sorted(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts
-                                and not f.name.startswith("."))
+                                and not f.name.startswith(".")
+                                and not (item == "models" and f.name in RUN_STATE_FILES))
         tmp_zip = zip_path.with_suffix(".zip.part")
         with zipfile.ZipFile(tmp_zip, "w") as zf:
             for f in files:

@@ -257,3 +257,40 @@ def test_item_fingerprint_includes_file_identity(tmp_path):
     p.write_text("xy")
     assert k1 != item_fingerprint({"image": str(p), "label": 1})
     assert transform_fingerprint([Resized("image", (4, 4))]) != transform_fingerprint([Resized("image", (5, 5))])
+
+
+def test_prepare_command_fills_the_cache_training_reads(tmp_path, capsys):
+    from monai.bundle import ConfigParser
+
+    from medbundle.cli import main as cli_main
+    from medbundle.data.synthetic_xray import generate_chestxray14
+
+    data = tmp_path / "cxr"
+    generate_chestxray14(data, n_patients=20, size=32, n_dicom=2, seed=0, min_pos_per_split=1)
+    broken = sorted((data / "images").glob("*.png"))[3]
+    broken.write_bytes(b"truncated")
+    work = tmp_path / "work"
+    args = ["prepare", "chest_xray_classification", "--dataset_dir", str(data), "--bundle_root", str(work),
+            "--set", "image_size=32", "--workers", "2"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "training" in out and "validation" in out and "testing" in out and "disk used by the cache" in out
+    folders = list((work / "cache" / "items").iterdir())
+    assert len(folders) == 1  # train, validation and test share the preprocessing, so one fingerprint
+    n_entries = len(list(folders[0].glob("*/*.pt")))
+    n_images = len(list((data / "images").iterdir()))
+    assert n_entries == n_images - 1
+    assert str(broken) in (folders[0] / "failed.jsonl").read_text()
+    # the training config finds every entry: its dataset drops the broken image up front and computes nothing
+    p = ConfigParser()
+    p.read_config(str(REPO / "bundles/chest_xray_classification/configs/train.json"))
+    p.update({"dataset_dir": str(data), "bundle_root": str(work), "image_size": 32})
+    ds = p.get_parsed_content("train#dataset")
+    assert ds.fingerprint == folders[0].name and str(broken) not in [it["image"] for it in ds.data]
+    for i in range(len(ds)):
+        ds.cached_item(i)
+    assert len(list(folders[0].glob("*/*.pt"))) == n_entries
+    assert cli_main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] in (["training"], ["validation"], ["testing"])]
+    assert len(rows) == 3 and all(r[2] == "0" and int(r[3]) > 0 for r in rows)  # prepared 0, all cached before

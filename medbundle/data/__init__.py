@@ -1,6 +1,8 @@
 """Dataset adapters (public layouts -> MONAI datalists), synthetic generators and robust datasets."""
 
+from medbundle.data.cache import DiskCacheDataset
 from medbundle.data.items import IMAGE_SUFFIXES, inference_items
-from medbundle.data.safe import SafeCacheDataset
+from medbundle.data.streaming import FailedItem, InferencePlan, ItemBatch, SafeDataset, SkipFailedCollate
 
-__all__ = ["IMAGE_SUFFIXES", "SafeCacheDataset", "inference_items"]
+__all__ = ["DiskCacheDataset", "IMAGE_SUFFIXES", "inference_items",
+           "FailedItem", "InferencePlan", "ItemBatch", "SafeDataset", "SkipFailedCollate"]

@@ -41,8 +41,8 @@ from monai.data import Dataset
 from monai.transforms import Compose, RandomizableTrait, Transform
 
 from medbundle.data.compact import pack, packed_nbytes, read_entry, unpack, write_entry
+from medbundle.data.failures import describe_item, failure_reason
 from medbundle.data.fingerprint import describe, item_fingerprint, stable_hash, transform_fingerprint
-from medbundle.data.safe import describe_item, root_cause
 from medbundle.progress import Progress
 
 __all__ = ["DiskCacheDataset", "cached_prefix_length"]
@@ -67,11 +67,6 @@ def cached_prefix_length(transform: Compose) -> int:
         if isinstance(t, RandomizableTrait) or not isinstance(t, Transform) or _moves_to_device(t):
             return i
     return len(transform.transforms)
-
-
-def _reason(exc: BaseException) -> str:
-    cause = root_cause(exc)
-    return (f"{type(cause).__name__}: {cause}".strip().splitlines() or [type(cause).__name__])[0][:300]
 
 
 class DiskCacheDataset(Dataset):
@@ -264,7 +259,7 @@ class DiskCacheDataset(Dataset):
             try:
                 return read_entry(path), 0
             except Exception as exc:  # noqa: BLE001 - an unreadable entry is recomputed, never trusted
-                logger.warning("cache entry %s is unreadable (%s); recomputing it", path, _reason(exc))
+                logger.warning("cache entry %s is unreadable (%s); recomputing it", path, failure_reason(exc))
                 path.unlink(missing_ok=True)
         packed = self._compute(item)
         written = write_entry(path, packed) if path is not None else 0
@@ -291,7 +286,7 @@ class DiskCacheDataset(Dataset):
             if index in self._failed_now:
                 return
             self._failed_now.add(index)
-        self._note_failure(item, _reason(exc))
+        self._note_failure(item, failure_reason(exc))
 
     def _note_failure(self, item: Any, reason: str) -> None:
         name = self._item_name(item)
@@ -337,7 +332,7 @@ class DiskCacheDataset(Dataset):
                 return None, 0, None, True
             packed, written = self._load_or_compute(item)
         except Exception as exc:  # noqa: BLE001 - reported per item
-            return None, 0, _reason(exc), False
+            return None, 0, failure_reason(exc), False
         return (packed if keep_packed else None), written, None, written == 0 and path is not None
 
     def _prepare_items(self, items: list, fill_ram: bool, desc: str, stats: dict | None = None,

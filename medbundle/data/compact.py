@@ -3,9 +3,9 @@
 :func:`pack` turns the output of a transform chain (dicts and lists of MONAI ``MetaTensor``, tensors,
 arrays, numbers and strings) into plain containers of tensors that ``torch.load(..., weights_only=True)``
 accepts, storing chosen keys in a smaller dtype; :func:`unpack` restores MetaTensors (with their
-metadata) in their original dtype. :func:`write_entry` writes atomically: a temporary file in the same
-folder renamed over the target, so a run killed while writing leaves no half-written entry under the
-final name.
+metadata) in their original dtype. :func:`write_entry` writes atomically
+(:func:`medbundle.io.files.atomic_write`), so a run killed while writing leaves no half-written entry under
+the final name.
 
 Storage dtypes (``dtypes={"image": "uint8"}``):
 
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
+
+from medbundle.io.files import load_weights_only, save_atomic, to_weights_only
 
 __all__ = ["STORAGE_DTYPES", "pack", "packed_nbytes", "read_entry", "unpack", "write_entry"]
 
@@ -46,20 +46,18 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _safe_meta(value: Any) -> Any:
-    """Metadata values in types a weights-only load accepts (arrays become tensors, others text)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().as_subclass(torch.Tensor) if isinstance(value, MetaTensor) else value.detach().cpu()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value)) if value.dtype != object else str(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
+    """Metadata values in types a weights-only load accepts; what has no such form (an enum, a reader
+    object) is kept as its text."""
     if isinstance(value, Mapping):
         return {str(k): _safe_meta(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_safe_meta(v) for v in value]
-    return str(value)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+    try:
+        return to_weights_only(value)
+    except TypeError:
+        return str(value)
 
 
 def _pack_tensor(t: torch.Tensor, key: str, store: str | None) -> dict[str, Any]:
@@ -164,19 +162,9 @@ def packed_nbytes(obj: Any, _depth: int = 0) -> int:
 
 def write_entry(path: str | os.PathLike, packed: Any) -> int:
     """Write a packed item to ``path`` atomically; returns the file size in bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(packed, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
+    return save_atomic(packed, path)
 
 
 def read_entry(path: str | os.PathLike) -> Any:
     """Load a packed item written by :func:`write_entry` (``weights_only=True``: no code runs on load)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path)

@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 from monai.data.wsi_reader import TiffFileWSIReader
 
+from medbundle.io.files import atomic_write
+
 __all__ = [
     "WSI_SUFFIXES",
     "NoTissueError",
@@ -597,12 +599,13 @@ def build_slide_grid(
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
     cache_file = Path(cache_dir) / f"{stem}_{key[:16]}.npz" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
+        cached = None
         try:
-            grid = _load_grid(cache_file, backend)
-            if grid.path == str(path.resolve()):
-                return _check_empty(grid, allow_empty)
+            cached = _load_grid(cache_file, backend)
         except Exception as e:  # noqa: BLE001 - a damaged cache entry is rebuilt
             logger.warning("coordinate cache %s unreadable (%s); rebuilding", cache_file, e)
+        if cached is not None and cached.path == str(path.resolve()):
+            return _check_empty(cached, allow_empty)
 
     with open_slide(path, backend, reader=reader) as (rd, wsi):
         geom = slide_geometry(rd, wsi)
@@ -661,13 +664,11 @@ def _check_empty(grid: SlideGrid, allow_empty: bool) -> SlideGrid:
 
 
 def _save_grid(grid: SlideGrid, cache_file: Path) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: getattr(grid, k) for k in ("path", "level", "read_size", "patch_size", "level_downsample", "mpp",
                                           "slide_size", "thumbnail_downsample", "message", "key", "info")}
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-    np.savez_compressed(tmp, coords=grid.coords, tissue_fraction=grid.tissue_fraction, thumbnail=grid.thumbnail,
-                        mask=grid.mask, meta=np.frombuffer(json.dumps(meta, default=float).encode(), np.uint8))
-    os.replace(tmp, cache_file)
+    with atomic_write(cache_file) as fh:
+        np.savez_compressed(fh, coords=grid.coords, tissue_fraction=grid.tissue_fraction, thumbnail=grid.thumbnail,
+                            mask=grid.mask, meta=np.frombuffer(json.dumps(meta, default=float).encode(), np.uint8))
 
 
 def _load_grid(cache_file: Path, backend: str) -> SlideGrid:
