@@ -13,7 +13,9 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Invertd, SaveImage
 from monai.utils import min_version, optional_import
 
-from medbundle.handlers.inference import _filenames, as_bool
+from medbundle.data.failures import failure_reason
+from medbundle.handlers.inference import as_bool
+from medbundle.handlers.streaming import batch_field, engine_outputs
 from medbundle.metrics.classification import multiclass_decision
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -45,8 +47,9 @@ class GradCAMVolumeSaver:
         roi_size: the classifier's window size.
         sw_batch_size, overlap: sliding-window settings.
         enabled: config switch; when false nothing is attached.
-        max_volumes: save maps for at most this many volumes per run (None: all). Each map costs a
-            backward pass per window, so a cap keeps batch inference fast.
+        max_volumes: save maps for at most this many volumes per process (None: all; a resumed run and
+            each ``torchrun`` rank count afresh). Each map costs a backward pass per window, so a cap keeps
+            batch inference fast. A map that fails is logged and left out; the prediction stands.
         thresholds_file: per-class thresholds; the mapped class is the one ``predictions.csv`` calls
             (:func:`~medbundle.metrics.classification.multiclass_decision`), arg-max without the file.
     """
@@ -108,20 +111,26 @@ class GradCAMVolumeSaver:
         return (heat - lo) / (hi - lo) if hi > lo else torch.zeros_like(heat)
 
     def _save(self, engine) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        names = _filenames(engine, len(outputs), self.filename_key)
+        outputs = engine_outputs(engine)
+        names = batch_field(engine, self.filename_key, len(outputs))
         for name, out in zip(names, outputs):
             if self.max_volumes is not None and self._saved >= self.max_volumes:
                 return
             self._saved += 1
-            image = out["image"]
-            probs = torch.as_tensor(out["pred"]).detach().float().cpu().reshape(1, -1).numpy()
-            c = int(multiclass_decision(probs, self.thresholds)[0])
-            heat = self.volume_cam(image, c)
-            meta_image = image.detach().cpu() if isinstance(image, MetaTensor) else MetaTensor(image.detach().cpu())
-            data = {"image": meta_image, "cam": MetaTensor(heat, meta=dict(meta_image.meta))}
-            inv = Invertd(keys="cam", transform=self.preprocessing, orig_keys="image", nearest_interp=False)(data)
-            saver = SaveImage(output_dir=str(self.output_dir), output_postfix=f"gradcam_{self.class_names[c]}",
-                              separate_folder=False, resample=False, output_dtype=np.float32, print_log=False)
-            saver(inv["cam"])
-            logger.info("saved Grad-CAM (%s) for %s", self.class_names[c], name)
+            try:
+                self._save_one(str(name), out)
+            except Exception as exc:  # noqa: BLE001 - a map that fails leaves the prediction standing
+                logger.warning("no Grad-CAM for %s: %s", name, failure_reason(exc))
+
+    def _save_one(self, name: str, out) -> None:
+        image = out["image"]
+        probs = torch.as_tensor(out["pred"]).detach().float().cpu().reshape(1, -1).numpy()
+        c = int(multiclass_decision(probs, self.thresholds)[0])
+        heat = self.volume_cam(image, c)
+        meta_image = image.detach().cpu() if isinstance(image, MetaTensor) else MetaTensor(image.detach().cpu())
+        data = {"image": meta_image, "cam": MetaTensor(heat, meta=dict(meta_image.meta))}
+        inv = Invertd(keys="cam", transform=self.preprocessing, orig_keys="image", nearest_interp=False)(data)
+        saver = SaveImage(output_dir=str(self.output_dir), output_postfix=f"gradcam_{self.class_names[c]}",
+                          separate_folder=False, resample=False, output_dtype=np.float32, print_log=False)
+        saver(inv["cam"])
+        logger.info("saved Grad-CAM (%s) for %s", self.class_names[c], name)

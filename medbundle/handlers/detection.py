@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,11 @@ import torch
 from monai.utils import min_version, optional_import
 
 from medbundle.data.luna16 import detections_to_luna16_rows, image_to_world_boxes, world_to_image_boxes
+from medbundle.data.streaming import FailedItem, InferencePlan
 from medbundle.handlers.classification import _is_rank0, to_jsonable
+from medbundle.handlers.streaming import StreamingWriter
+from medbundle.io.results import ResultTables, TableSpec
+from medbundle.metrics.froc import RESULT_COLUMNS
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Metric, _ = optional_import("ignite.metrics", "0.4.11", min_version, "Metric")
@@ -46,6 +50,7 @@ __all__ = [
     "world_to_corner_boxes",
     "detection_records",
     "evaluate_detections",
+    "item_seriesuid",
 ]
 
 logger = logging.getLogger("medbundle.handlers")
@@ -398,6 +403,14 @@ class DetectionReport:
     def _reset(self, engine: Any) -> None:
         self._records = []
 
+    def state_dict(self) -> dict[str, float]:
+        """The best ``save_best_metric_key`` value written so far (kept by a resumed training)."""
+        return {"best": float(self._best)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue from :meth:`state_dict`: files are rewritten only for a better epoch."""
+        self._best = float(state["best"])
+
     def _collect(self, engine: Any) -> None:
         self.collect(self.output_transform(engine.state.output))
 
@@ -459,29 +472,51 @@ class DetectionReport:
 # ----------------------------------------------------------------------------------------------------------
 # writer
 # ----------------------------------------------------------------------------------------------------------
-class DetectionWriter:
-    """Write each image's detections in world coordinates, and one LUNA16 results CSV per run.
+def item_seriesuid(item: Mapping[str, Any]) -> str:
+    """The series UID of an inference item: its ``seriesuid``, else its file (or DICOM series folder) name
+    without the image suffix (LUNA16 names each ``.mhd`` by the scan's UID). ``<uid>_boxes.json`` and the
+    LUNA16 CSVs use it; :class:`~medbundle.data.streaming.InferencePlan` takes it as ``default_key``."""
+    uid = item.get("seriesuid")
+    if uid is not None and str(uid):
+        return str(uid)
+    fname = item.get("filename") or item.get("image")
+    if not fname:
+        raise ValueError(f"detection item without seriesuid, filename or image: {sorted(item)}")
+    return _SUFFIX_RE.sub("", Path(str(fname)).name)
+
+
+class DetectionWriter(StreamingWriter):
+    """Write each image's detections in world coordinates as soon as it is done, and the LUNA16 CSVs.
 
     Parameters
     ----------
     output_dir
-        Folder of ``<stem>_boxes.json`` (one per image; every rank writes its own images) and the CSV.
+        Folder of ``<uid>_boxes.json`` (one per image; every rank writes its own images) and the CSVs.
     results_csv
         File name (in ``output_dir``) of the LUNA16 CSV ``seriesuid,coordX,coordY,coordZ,probability``
-        written by rank 0 when the run completes (readable by ``medbundle froc``).
+        (readable by ``medbundle froc``): each scan's marks are appended when the scan is done; at the end
+        the file is rewritten with the scans in input order.
     seriesuids_csv
-        File name (in ``output_dir``) of the list of every scan processed, one UID per line (LUNA16's
-        ``seriesuids.csv`` form), so scans without marks count in ``medbundle froc --seriesuids``.
+        File name (in ``output_dir``) of the list of every scan done, one UID per line (LUNA16's
+        ``seriesuids.csv`` form), so scans without marks count in ``medbundle froc --seriesuids``. A scan's
+        line is written after its JSON and marks: it is the ledger a re-run reads to skip done scans.
     max_marks
         Highest-scoring marks per scan in the CSV (LUNA16 evaluates 100); the JSON keeps every box.
     affine_lps_to_ras
         World frame; see the module docstring.
     output_transform
         Maps ``engine.state.output`` to the evaluator's list of per-image dicts.
+    plan
+        The run's :class:`~medbundle.data.streaming.InferencePlan` (``done_table`` = ``seriesuids_csv``,
+        ``key="seriesuid"``, ``default_key=item_seriesuid``): resume, shards, input order, progress. None
+        (evaluation): every run starts afresh and scans are listed in the order they come (a scan that a
+        ``DistributedSampler`` gave to two ranks once).
+    progress, fsync
+        See :class:`~medbundle.handlers.streaming.StreamingWriter`.
 
-    ``<stem>_boxes.json``: ``{"seriesuid", "image", "boxes": [[x, y, z, w, h, d], ...] (world mm cccwhd,
-    highest score first), "labels", "scores", "box_mode": "cccwhd", "coordinate_system"}``; ``<stem>`` is the
-    seriesuid.
+    ``<uid>_boxes.json``: ``{"seriesuid", "image", "boxes": [[x, y, z, w, h, d], ...] (world mm cccwhd,
+    highest score first), "labels", "scores", "box_mode": "cccwhd", "coordinate_system"}``.
+    ``skipped.csv``: ``file, reason, seriesuid`` of the scans that failed.
     """
 
     def __init__(
@@ -492,37 +527,56 @@ class DetectionWriter:
         max_marks: int | None = 100,
         affine_lps_to_ras: bool = True,
         output_transform: Callable = lambda x: x,
+        plan: InferencePlan | None = None,
+        progress: bool = True,
+        fsync: bool = False,
     ) -> None:
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir, plan=plan, progress=progress, fsync=fsync, unit="scan")
         self.results_csv = results_csv
         self.seriesuids_csv = seriesuids_csv
         self.max_marks = max_marks
         self.affine_lps_to_ras = affine_lps_to_ras
         self.output_transform = output_transform
-        self._scans: list[tuple[str, list[dict[str, Any]]]] = []
+        if plan is not None and (plan.done_table != seriesuids_csv or plan.key != "seriesuid"):
+            raise ValueError(f"the plan must find done scans in {seriesuids_csv!r} by 'seriesuid'; it has "
+                             f"done_table={plan.done_table!r}, key={plan.key!r}")
+        self.marks_table = TableSpec(results_csv, tuple(RESULT_COLUMNS), 0)
+        self.results = ResultTables(self.output_dir, TableSpec(seriesuids_csv, None, 0), (self.marks_table,),
+                                    TableSpec("skipped.csv", ("file", "reason", "seriesuid"), 2))
         self._n = 0
 
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_items)
-        engine.add_event_handler(Events.COMPLETED, self._write_csv)
+    @property
+    def key_field(self) -> str:
+        return "seriesuid"
 
-    def _reset(self, engine: Any) -> None:
-        self._scans, self._n = [], 0
+    def start(self, engine: Any = None) -> None:
+        self._n = 0
+        super().start(engine)
 
-    def _write_items(self, engine: Any) -> None:
-        self.write_items(self.output_transform(engine.state.output))
+    def skipped_row(self, failed: FailedItem) -> list[str]:
+        try:
+            uid = item_seriesuid(failed.item)
+        except ValueError:
+            uid = failed.name()
+        return [failed.name(), failed.reason, uid]
 
-    def write_items(self, output: Any) -> None:
-        """Write the JSON of every image in an evaluator output and keep its CSV rows."""
-        records = detection_records(output, self.affine_lps_to_ras, start=self._n)
+    def item_results(self, engine: Any) -> Iterable[tuple[list[str], dict[str, list[list[str]]]]]:
+        """Write the JSON of every image in the iteration's output; yield its ledger line and CSV rows."""
+        records = detection_records(self.output_transform(engine.state.output), self.affine_lps_to_ras, start=self._n)
         self._n += len(records)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         frame = "LPS world mm (LUNA16)" if self.affine_lps_to_ras else "world mm (frame of the image affine)"
         for r in records:
+            uid = r["seriesuid"]
+            rows = detections_to_luna16_rows(uid, r["pred_world"], r["pred_score"], self.max_marks)
+            values = [[row[c] for c in RESULT_COLUMNS[1:]] for row in rows]
+            if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+                self.skip(FailedItem({"filename": str(r["filename"]), "seriesuid": uid},
+                                     "non-finite box coordinates or scores from the detector", "inference"))
+                continue
             order = np.argsort(-r["pred_score"], kind="stable")
             content = {
-                "seriesuid": r["seriesuid"],
+                "seriesuid": uid,
                 "image": r["filename"],
                 "boxes": r["pred_world"][order],
                 "labels": r["pred_label"][order],
@@ -530,31 +584,13 @@ class DetectionWriter:
                 "box_mode": "cccwhd",
                 "coordinate_system": frame,
             }
-            with open(self.output_dir / f"{r['seriesuid']}_boxes.json", "w") as fh:
+            with open(self.output_dir / f"{uid}_boxes.json", "w") as fh:
                 json.dump(to_jsonable(content), fh, indent=1)
-            rows = detections_to_luna16_rows(r["seriesuid"], r["pred_world"], r["pred_score"], self.max_marks)
-            self._scans.append((r["seriesuid"], rows))
+            yield [uid], {self.results_csv: [[uid, *[repr(float(v)) for v in vals]] for vals in values]}
 
-    def _write_csv(self, engine: Any) -> None:
-        self.write_csv()
-
-    def write_csv(self) -> Path | None:
-        """Write the LUNA16 CSV of all ranks' rows (rank 0); returns its path there, None elsewhere."""
-        from medbundle.data.luna16 import write_luna16_results
-
-        scans = _gather(self._scans)
-        if not _is_rank0():
-            return None
-        seen: set[str] = set()
-        seen_order: list[str] = []
-        unique = []
-        for uid, rows in scans:  # a DistributedSampler may give one scan to two ranks: keep one copy
-            if uid not in seen:
-                seen.add(uid)
-                seen_order.append(uid)
-                unique.extend(rows)
-        path = write_luna16_results(unique, self.output_dir / self.results_csv)
-        uid_path = self.output_dir / self.seriesuids_csv
-        uid_path.write_text("".join(f"{uid}\n" for uid in seen_order))
-        logger.info("wrote %s (%d marks, %d scans listed in %s)", path, len(unique), len(seen_order), uid_path.name)
-        return path
+    def finish(self, counts: Mapping[str, int]) -> None:
+        logger.info("wrote %s (%d marks, %d scans listed in %s; %d skipped)", self.output_dir / self.results_csv,
+                    counts.get(self.results_csv, 0), counts.get(self.seriesuids_csv, 0), self.seriesuids_csv,
+                    counts.get("skipped.csv", 0))
+        if not counts.get("skipped.csv", 0):
+            (self.output_dir / "skipped.csv").unlink(missing_ok=True)

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
+from medbundle.data.failures import failure_reason
+from medbundle.data.streaming import InferencePlan
 from medbundle.handlers.classification import load_thresholds, to_jsonable
+from medbundle.handlers.streaming import StreamingWriter, batch_field, engine_outputs
+from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["GradCAMSaver", "PredictionsWriter"]
+__all__ = ["GradCAMSaver", "PredictionsWriter", "as_bool", "safe_stem"]
 
 logger = logging.getLogger("medbundle.handlers")
 
@@ -29,24 +33,8 @@ def as_bool(value) -> bool:
     return bool(value)
 
 
-def _batch_items(engine) -> list[dict]:
-    batch = engine.state.batch
-    return batch if isinstance(batch, list) else [batch]
-
-
-def _filenames(engine, n: int, key: str) -> list[str]:
-    items = _batch_items(engine)
-    names = []
-    for i in range(n):
-        item = items[i] if i < len(items) else {}
-        name = item.get(key) if isinstance(item, dict) else None
-        if name is None and isinstance(item, dict) and hasattr(item.get("image"), "meta"):
-            name = item["image"].meta.get("filename_or_obj")
-        names.append(str(name))
-    return names
-
-
-def _safe_stem(path: str) -> str:
+def safe_stem(path: str) -> str:
+    """A file name stem safe for output files: ``/a/b/img 1.nii.gz`` -> ``img_1``."""
     name = Path(path).name
     for ext in (".nii.gz", ".png", ".jpg", ".jpeg", ".dcm", ".nii", ".mhd", ".tiff", ".tif"):
         if name.lower().endswith(ext):
@@ -55,23 +43,36 @@ def _safe_stem(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "image"
 
 
-class PredictionsWriter:
+class PredictionsWriter(StreamingWriter):
     """Write one row per image: file, probability per class, positive call per class.
 
-    Rows are collected over the evaluator run and written at the end as ``predictions.csv`` (and
-    ``predictions.json``), with the thresholds that made the calls; items the dataset skipped as
-    unreadable are listed in ``skipped.csv`` with the reason.
+    Each image's row is appended to ``predictions.csv`` (and flushed) as soon as the image is done; at the
+    end of the run the table is rewritten in input order and ``predictions.json`` is built from it, with
+    the thresholds that made the calls. Items that failed (unreadable, or an error in the network) are
+    listed in ``skipped.csv`` with the reason. With a ``plan`` a re-run skips the images already in
+    ``predictions.csv`` and ``torchrun`` ranks write parts that rank 0 merges
+    (:class:`~medbundle.handlers.streaming.StreamingWriter`). Attach it after per-image savers such as
+    :class:`GradCAMSaver`.
 
     Args:
         output_dir: folder for the outputs.
         class_names: one name per output channel.
         thresholds_file: JSON written by training (``{"thresholds": {name: t}}``); 0.5 if missing.
-        filename_key: the datalist key holding the file name.
-        dataset: optional dataset with a ``skipped`` list of ``(name, reason)`` (``SafeCacheDataset``).
+        filename_key: the datalist key holding the file name (without a plan; with one, the plan's key).
+        dataset: optional dataset with a ``skipped`` list of ``(name, reason)`` (``DiskCacheDataset``).
+        csv_name: file name of the table.
         multiclass: softmax outputs: instead of one call per class, one ``predicted`` column: the class
             exceeding its stored threshold by the largest margin, else the arg-max
             (:func:`~medbundle.metrics.classification.multiclass_decision`).
+        plan: the run's :class:`~medbundle.data.streaming.InferencePlan` (resume, shards, input order).
+        progress, fsync: see :class:`~medbundle.handlers.streaming.StreamingWriter`.
+        unit: name of one item in the progress line (``"image"``, ``"volume"``).
+
+    Raises:
+        ValueError: the model gives another number of outputs than ``class_names`` (at the first batch).
     """
+
+    extra_outputs = ("predictions.json",)
 
     def __init__(
         self,
@@ -82,28 +83,26 @@ class PredictionsWriter:
         dataset=None,
         csv_name: str = "predictions.csv",
         multiclass: bool = False,
+        plan: InferencePlan | None = None,
+        progress: bool = True,
+        fsync: bool = False,
+        unit: str = "image",
     ) -> None:
-        self.multiclass = bool(multiclass)
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir, plan=plan, dataset=dataset, progress=progress, fsync=fsync, unit=unit)
+        self.multiclass = as_bool(multiclass)
         self.class_names = list(class_names)
         self.thresholds, self.thresholds_source = load_thresholds(thresholds_file, self.class_names)
         self.filename_key = filename_key
-        self.dataset = dataset
         self.csv_name = csv_name
-        self.rows: list[tuple[str, np.ndarray]] = []
+        if plan is not None and plan.done_table != csv_name:
+            raise ValueError(f"the plan's done_table is {plan.done_table!r} but this writer's table is {csv_name!r}")
+        tail = ["predicted"] if self.multiclass else [f"{c}_positive" for c in self.class_names]
+        self.table = TableSpec(csv_name, ("file", *self.class_names, *tail), 0)
+        self.results = ResultTables(self.output_dir, self.table, skipped=SKIPPED_TABLE)
 
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
-
-    def _collect(self, engine) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        preds = [torch.as_tensor(o["pred"]).detach().float().cpu().reshape(-1).numpy() for o in outputs]
-        for name, p in zip(_filenames(engine, len(preds), self.filename_key), preds):
-            if p.shape[0] != len(self.class_names):
-                raise ValueError(f"model gives {p.shape[0]} outputs for {len(self.class_names)} class names")
-            self.rows.append((name, p))
+    @property
+    def key_field(self) -> str:
+        return self.plan.key if self.plan is not None else self.filename_key
 
     def _predicted(self, p: np.ndarray) -> str:
         from medbundle.metrics.classification import multiclass_decision
@@ -111,38 +110,45 @@ class PredictionsWriter:
         thr = self.thresholds if self.thresholds_source.endswith(".json") else None
         return self.class_names[int(multiclass_decision(p[None], thr)[0])]
 
-    def write(self, engine=None) -> Path:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / self.csv_name
-        thr = np.asarray(self.thresholds)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
+    def row(self, name: str, p: np.ndarray) -> list[str]:
+        """The table row of one image from its probabilities ``(C,)``."""
+        if p.shape[0] != len(self.class_names):
+            raise ValueError(f"model gives {p.shape[0]} outputs for {len(self.class_names)} class names")
+        probs = [f"{v:.6f}" for v in p]
+        if self.multiclass:
+            return [name, *probs, self._predicted(p)]
+        return [name, *probs, *[str(int(v)) for v in (p >= np.asarray(self.thresholds))]]
+
+    def item_results(self, engine) -> Iterable[tuple[list[str], Mapping[str, list]]]:
+        outputs = engine_outputs(engine)
+        preds = [torch.as_tensor(o["pred"]).detach().float().cpu().reshape(-1).numpy() for o in outputs]
+        for name, p in zip(batch_field(engine, self.key_field, len(preds)), preds):
+            yield self.row(str(name), p), {}
+
+    def records(self) -> list[dict[str, Any]]:
+        """The ``predictions.json`` records, read back from the merged table."""
+        n = len(self.class_names)
+        out = []
+        for r in self.results.read(self.table):
+            probs = {c: float(v) for c, v in zip(self.class_names, r[1 : 1 + n])}
+            rec: dict[str, Any] = {"file": r[0], "probabilities": probs}
             if self.multiclass:
-                w.writerow(["file", *self.class_names, "predicted"])
-                for name, p in self.rows:
-                    w.writerow([name, *[f"{v:.6f}" for v in p], self._predicted(p)])
+                rec["predicted"] = r[1 + n]
             else:
-                w.writerow(["file", *self.class_names, *[f"{c}_positive" for c in self.class_names]])
-                for name, p in self.rows:
-                    w.writerow([name, *[f"{v:.6f}" for v in p], *[int(v) for v in (p >= thr)]])
-        records = [
-            {"file": n, "probabilities": dict(zip(self.class_names, to_jsonable(p))),
-             **({"predicted": self._predicted(p)} if self.multiclass else
-                {"positive": [c for c, v, t in zip(self.class_names, p, thr) if v >= t]})}
-            for n, p in self.rows
-        ]
-        skipped = list(getattr(self.dataset, "skipped", []) or [])
+                rec["positive"] = [c for c, v in zip(self.class_names, r[1 + n:]) if v == "1"]
+            out.append(rec)
+        return out
+
+    def finish(self, counts: Mapping[str, int]) -> None:
+        skipped = self.results.read(SKIPPED_TABLE)
         with open(self.output_dir / "predictions.json", "w") as f:
-            json.dump({"thresholds": dict(zip(self.class_names, to_jsonable(thr))),
-                       "thresholds_source": self.thresholds_source, "predictions": records,
+            json.dump({"thresholds": dict(zip(self.class_names, to_jsonable(self.thresholds))),
+                       "thresholds_source": self.thresholds_source, "predictions": self.records(),
                        "skipped": [{"file": n, "reason": r} for n, r in skipped]}, f, indent=1)
-        if skipped:
-            with open(self.output_dir / "skipped.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["file", "reason"])
-                w.writerows(skipped)
-        logger.info("wrote %d predictions to %s (%d unreadable skipped)", len(self.rows), path, len(skipped))
-        return path
+        if not skipped:
+            (self.output_dir / SKIPPED_TABLE.name).unlink(missing_ok=True)
+        logger.info("wrote %d predictions to %s (%d skipped)", counts.get(self.csv_name, 0),
+                    self.output_dir / self.csv_name, len(skipped))
 
 
 class GradCAMSaver:
@@ -161,6 +167,9 @@ class GradCAMSaver:
         thresholds_file: decides which classes are "positive".
         enabled: switch for configs; when false the handler does nothing.
         max_classes: most maps per image.
+
+    A map that fails is logged (``no Grad-CAM for <file>: <reason>``) and left out; the prediction stands.
+    Attach it before :class:`PredictionsWriter`, so an image counts as done only with its maps on disk.
     """
 
     def __init__(
@@ -190,22 +199,30 @@ class GradCAMSaver:
     def _save(self, engine) -> None:
         from monai.visualize import GradCAM
 
-        from medbundle.viz.overlay import save_heatmap_overlay
-
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        names = _filenames(engine, len(outputs), self.filename_key)
+        outputs = engine_outputs(engine)
+        names = batch_field(engine, self.filename_key, len(outputs))
         cam = GradCAM(nn_module=self.network, target_layers=self.target_layers)
         was_training = self.network.training
         self.network.eval()
-        for name, out in zip(names, outputs):
-            image = torch.as_tensor(out["image"]).float()
-            probs = torch.as_tensor(out["pred"]).detach().float().cpu().reshape(-1).numpy()
-            order = np.argsort(-probs)
-            chosen = [int(c) for c in order if probs[c] >= self.thresholds[c]][: self.max_classes] or [int(order[0])]
-            x = image.unsqueeze(0).to(next(self.network.parameters()).device)
-            for c in chosen:
-                with torch.enable_grad():
-                    heat = cam(x=x.clone().requires_grad_(True), class_idx=c)
-                path = self.output_dir / f"{_safe_stem(name)}_{self.class_names[c]}.png"
-                save_heatmap_overlay(image[0].cpu().numpy(), heat[0, 0].detach().cpu().numpy(), path)
-        self.network.train(was_training)
+        try:
+            for name, out in zip(names, outputs):
+                try:
+                    self._save_one(cam, str(name), out)
+                except Exception as exc:  # noqa: BLE001 - a map that fails leaves the prediction standing
+                    logger.warning("no Grad-CAM for %s: %s", name, failure_reason(exc))
+        finally:
+            self.network.train(was_training)
+
+    def _save_one(self, cam, name: str, out: Mapping) -> None:
+        from medbundle.viz.overlay import save_heatmap_overlay
+
+        image = torch.as_tensor(out["image"]).float()
+        probs = torch.as_tensor(out["pred"]).detach().float().cpu().reshape(-1).numpy()
+        order = np.argsort(-probs)
+        chosen = [int(c) for c in order if probs[c] >= self.thresholds[c]][: self.max_classes] or [int(order[0])]
+        x = image.unsqueeze(0).to(next(self.network.parameters()).device)
+        for c in chosen:
+            with torch.enable_grad():
+                heat = cam(x=x.clone().requires_grad_(True), class_idx=c)
+            path = self.output_dir / f"{safe_stem(name)}_{self.class_names[c]}.png"
+            save_heatmap_overlay(image[0].cpu().numpy(), heat[0, 0].detach().cpu().numpy(), path)

@@ -19,7 +19,6 @@ They read the per-slide attention the :class:`~medbundle.wsi_inference.SlideMILI
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -32,8 +31,12 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import min_version, optional_import
 
+from medbundle.data.failures import failure_reason
+from medbundle.data.streaming import InferencePlan
 from medbundle.handlers.classification import ClassificationReport, _is_rank0, load_thresholds, to_jsonable
-from medbundle.handlers.inference import _safe_stem, as_bool
+from medbundle.handlers.inference import as_bool, safe_stem
+from medbundle.handlers.streaming import StreamingWriter, batch_field, engine_outputs
+from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -282,79 +285,102 @@ class SlideReport(ClassificationReport):
         logger.info("wrote %s (%s%s)", out, head, loc_text)
 
 
-class SlideOutputsWriter:
-    """Write slide predictions and attention maps at the end of an inference (or evaluation) run.
+class SlideOutputsWriter(StreamingWriter):
+    """Write each slide's prediction and attention maps as soon as the slide is done.
 
     Outputs in ``output_dir``: ``predictions.csv`` (``file, n_patches, <class probabilities>, predicted``;
-    graded adds ``expected_grade``), ``predictions.json``, ``skipped.csv`` (slides the dataset could not
-    read or found no tissue on, with the reason), ``top_patches.csv`` and, per slide (when
-    ``save_maps``): ``<slide>_heatmap.png``, ``<slide>_attention.geojson``, ``<slide>_top_patches.png``.
+    graded adds ``expected_grade``; the ledger: a slide's row is written after its maps and patch rows),
+    ``top_patches.csv`` (the ``top_k`` most attended patches of each slide), ``skipped.csv`` (slides that
+    could not be read, had no tissue or failed in the network, with the reason), per slide (when
+    ``save_maps``) ``<slide>_heatmap.png``, ``<slide>_attention.geojson``, ``<slide>_top_patches.png``, and
+    at the end ``predictions.json`` built from the merged table. With a ``plan`` a re-run skips the slides
+    in ``predictions.csv`` and ``torchrun`` ranks write parts that rank 0 merges
+    (:class:`~medbundle.handlers.streaming.StreamingWriter`).
 
     Args:
         output_dir: destination folder.
         class_names: one per class probability.
         label_mode: ``"binary"`` or ``"graded"`` (decides ``predicted``, see :func:`decide`).
         thresholds_file: validation thresholds (binary decision); 0.5 / arg-max without.
-        dataset: the dataset, for its ``skipped`` list.
-        save_maps: write the per-slide PNG/GeoJSON files.
+        dataset: optional dataset with a ``skipped`` list (``DiskCacheDataset``).
+        save_maps: write the per-slide PNG/GeoJSON files (a map that fails is logged and left out).
         top_k: most attended patches shown and listed.
         max_side: longest side of the heatmap PNG.
-        max_maps: write maps for at most this many slides (None: all).
+        max_maps: write maps for the first this many slides of the input (None: all).
         backend: reader backend for the top-k patches (default: the grid's).
         positive_class: binary: the class called when its probability reaches its threshold.
+        plan: the run's :class:`~medbundle.data.streaming.InferencePlan`.
+        progress, fsync: see :class:`~medbundle.handlers.streaming.StreamingWriter`.
     """
+
+    extra_outputs = ("predictions.json",)
+    top_header = ("file", "rank", "patch_index", "x", "y", "size_level0", "attention", "attention_relative")
 
     def __init__(self, output_dir: str | Path, class_names: Sequence[str], label_mode: str = "binary",
                  thresholds_file: str | Path | None = None, dataset=None, save_maps: bool = True, top_k: int = 8,
                  max_side: int = 2048, max_maps: int | None = None, backend: str | None = None,
-                 positive_class: int = 1) -> None:
-        self.output_dir = Path(output_dir)
+                 positive_class: int = 1, plan: InferencePlan | None = None, progress: bool = True,
+                 fsync: bool = False) -> None:
+        super().__init__(output_dir, plan=plan, dataset=dataset, progress=progress, fsync=fsync, unit="slide")
         self.class_names = list(class_names)
         self.label_mode = _check_mode(label_mode)
         thr, self.thresholds_source = load_thresholds(thresholds_file, self.class_names)
         self.thresholds = thr if self.thresholds_source.endswith(".json") else None
-        self.dataset = dataset
         self.save_maps = as_bool(save_maps)
         self.top_k = int(top_k)
         self.max_side = int(max_side)
         self.max_maps = None if max_maps is None else int(max_maps)
         self.backend = backend
         self.positive_class = int(positive_class)
-        self.rows: list[dict[str, Any]] = []
-        self.top_rows: list[list[Any]] = []
+        if plan is not None and plan.done_table != "predictions.csv":
+            raise ValueError(f"the plan's done_table is {plan.done_table!r}, this writer's ledger is 'predictions.csv'")
+        graded = ("expected_grade",) if self.label_mode == "graded" else ()
+        self.table = TableSpec("predictions.csv", ("file", "n_patches", *self.class_names, "predicted", *graded), 0)
+        self.top_table = TableSpec("top_patches.csv", self.top_header, 0)
+        self.results = ResultTables(self.output_dir, self.table, (self.top_table,), SKIPPED_TABLE)
+        self._maps_written = 0
 
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._start)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
+    def start(self, engine=None) -> None:
+        self._maps_written = 0
+        super().start(engine)
 
-    def _start(self, engine) -> None:
-        self.rows.clear()
-        self.top_rows.clear()
+    def _wants_maps(self, key: str) -> bool:
+        if not self.save_maps:
+            return False
+        if self.max_maps is None:
+            return True
+        if self.plan is not None:
+            return self.plan.position.get(key, self.max_maps) < self.max_maps
+        return self._maps_written < self.max_maps
 
-    def _collect(self, engine) -> None:
+    def item_results(self, engine):
         results = _results(engine)
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        outputs = engine_outputs(engine)
         if len(outputs) != len(results):
             raise RuntimeError(f"{len(outputs)} outputs for {len(results)} slide results")
-        for res, out in zip(results, outputs):
+        keys = batch_field(engine, self.key_field, len(results))
+        for res, out, key in zip(results, outputs, keys):
+            key = key or res.path
             p = torch.as_tensor(out["pred"]).detach().float().cpu().reshape(-1).numpy()
             if p.shape[0] != len(self.class_names):
                 raise ValueError(f"model gives {p.shape[0]} probabilities for {len(self.class_names)} class names")
             k = int(decide(p[None], self.label_mode, self.thresholds, self.positive_class)[0])
-            row = {"file": res.path, "n_patches": len(res.grid), "probabilities": p, "predicted": self.class_names[k],
-                   "predicted_index": k, "seconds": round(res.seconds, 3)}
-            if self.label_mode == "graded":
-                row["expected_grade"] = float((p * np.arange(p.size)).sum())
             top = res.top_k(self.top_k)
-            stem = _safe_stem(res.path)
+            if self._wants_maps(key):
+                self._maps_written += 1
+                try:
+                    self._maps(res, top, safe_stem(res.path), dict(zip(self.class_names, p.tolist())))
+                except Exception as exc:  # noqa: BLE001 - a map that fails leaves the prediction standing
+                    logger.warning("no attention maps for %s: %s", key, failure_reason(exc))
+            top_rows = []
             for r, i in enumerate(top, start=1):
                 y, x = (int(v) for v in res.grid.coords[i])
-                self.top_rows.append([res.path, r, int(i), x, y, int(round(res.grid.footprint)),
-                                      float(res.attention[i]), float(res.attention[i] * len(res.grid))])
-            if self.save_maps and (self.max_maps is None or len(self.rows) < self.max_maps):
-                row.update(self._maps(res, top, stem, dict(zip(self.class_names, p.tolist()))))
-            self.rows.append(row)
+                top_rows.append([key, r, int(i), x, y, int(round(res.grid.footprint)), float(res.attention[i]),
+                                 float(res.attention[i] * len(res.grid))])
+            row = [key, len(res.grid), *[f"{v:.6f}" for v in p], self.class_names[k]]
+            if self.label_mode == "graded":
+                row.append(f"{float((p * np.arange(p.size)).sum()):.4f}")
+            yield row, {self.top_table.name: top_rows}
 
     def _maps(self, res, top: np.ndarray, stem: str, probs: dict) -> dict[str, str]:
         from PIL import Image
@@ -373,32 +399,32 @@ class SlideOutputsWriter:
         Image.fromarray(top_patch_mosaic(patches, res.attention[top], len(res.grid))).save(mosaic)
         return {"heatmap": str(heat), "geojson": str(geo), "top_patches": str(mosaic)}
 
-    def write(self, engine=None) -> Path:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / "predictions.csv"
-        graded = self.label_mode == "graded"
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["file", "n_patches", *self.class_names, "predicted", *(["expected_grade"] if graded else [])])
-            for r in self.rows:
-                w.writerow([r["file"], r["n_patches"], *[f"{v:.6f}" for v in r["probabilities"]], r["predicted"],
-                            *([f"{r['expected_grade']:.4f}"] if graded else [])])
-        with open(self.output_dir / "top_patches.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["file", "rank", "patch_index", "x", "y", "size_level0", "attention", "attention_relative"])
-            w.writerows(self.top_rows)
-        skipped = list(getattr(self.dataset, "skipped", []) or [])
-        records = [{**{k: v for k, v in r.items() if k != "probabilities"},
-                    "probabilities": dict(zip(self.class_names, to_jsonable(r["probabilities"])))} for r in self.rows]
+    def records(self) -> list[dict[str, Any]]:
+        """The ``predictions.json`` records, read back from the merged ``predictions.csv``."""
+        n = len(self.class_names)
+        out = []
+        for r in self.results.read(self.table):
+            rec: dict[str, Any] = {"file": r[0], "n_patches": int(r[1]), "predicted": r[2 + n],
+                                   "predicted_index": self.class_names.index(r[2 + n])}
+            if self.label_mode == "graded":
+                rec["expected_grade"] = float(r[3 + n])
+            if self.save_maps:
+                stem = safe_stem(r[0])
+                for name, suffix in (("heatmap", "_heatmap.png"), ("geojson", "_attention.geojson"),
+                                     ("top_patches", "_top_patches.png")):
+                    if (self.output_dir / f"{stem}{suffix}").is_file():
+                        rec[name] = str(self.output_dir / f"{stem}{suffix}")
+            rec["probabilities"] = {c: float(v) for c, v in zip(self.class_names, r[2:2 + n])}
+            out.append(rec)
+        return out
+
+    def finish(self, counts) -> None:
+        skipped = self.results.read(SKIPPED_TABLE)
         with open(self.output_dir / "predictions.json", "w") as f:
             json.dump({"label_mode": self.label_mode, "thresholds_source": self.thresholds_source,
-                       "predictions": to_jsonable(records),
+                       "predictions": self.records(),
                        "skipped": [{"file": n, "reason": why} for n, why in skipped]}, f, indent=1)
-        if skipped:
-            with open(self.output_dir / "skipped.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["file", "reason"])
-                w.writerows(skipped)
-        logger.info("wrote %d slide predictions to %s (%d skipped: unreadable or no tissue)", len(self.rows), path,
-                    len(skipped))
-        return path
+        if not skipped:
+            (self.output_dir / SKIPPED_TABLE.name).unlink(missing_ok=True)
+        logger.info("wrote %d slide predictions to %s (%d skipped: unreadable, no tissue or failed)",
+                    counts.get(self.table.name, 0), self.output_dir / self.table.name, len(skipped))

@@ -8,7 +8,8 @@ These transforms fill those gaps:
 - :class:`TissueGridd` (deterministic, cached by the dataset): the item's slide -> a
   :class:`~medbundle.data.wsi.SlideGrid` (tissue detection, patch grid at the requested microns per
   pixel, coordinate cache on disk). A slide that cannot be read, or has no tissue, raises an error naming
-  the file, which :class:`~medbundle.data.SafeCacheDataset` reports and skips.
+  the file, which :class:`~medbundle.data.DiskCacheDataset` (training) and
+  :class:`~medbundle.data.SafeDataset` (inference) report and skip.
 - :class:`RandBagd` (training): draws ``bag_size`` tissue patches and reads them: uint8 ``(N, 3, P, P)``.
 - :class:`RandDihedralBagd` (training, on tensors, any device): an independent random flip/90-degree
   rotation per patch.
@@ -158,7 +159,9 @@ class TissueGridd(MapTransform):
 
         d = dict(data)
         key = self.first_key(d)
-        grid = build_slide_grid(d[key], backend=self.backend, allow_empty=True, **self.kwargs)
+        # an empty slide raises NoTissueError from build_slide_grid (without its own warning: whoever catches
+        # the error reports it once)
+        grid = build_slide_grid(d[key], backend=self.backend, allow_empty=self.min_patches < 1, **self.kwargs)
         if len(grid) < self.min_patches:
             raise NoTissueError(grid.message or f"{d[key]}: only {len(grid)} tissue patches (< {self.min_patches})")
         if not self.keep_thumbnail:
