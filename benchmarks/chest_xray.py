@@ -3,7 +3,7 @@
 Two input pipelines feed the same DenseNet121 training step, in the same run:
 
 - ``bundle``: the bundle's own ``train.json`` pipeline, built from its config: deterministic transforms
-  cached once (SafeCacheDataset), then ``EnsureTyped(device=...)`` and the random augmentation on the
+  cached once (DiskCacheDataset), then ``EnsureTyped(device=...)`` and the random augmentation on the
   device, through a ThreadDataLoader.
 - ``plain``: the usual baseline: a non-cached Dataset that decodes and transforms every image on the CPU
   each epoch in DataLoader worker processes, then copies the batch to the device.

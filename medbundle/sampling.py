@@ -122,6 +122,7 @@ class ClassBalancedSampler(Sampler[int]):
     further iteration without a new ``set_epoch`` call advances the epoch by one, so the draws still change
     from epoch to epoch when nothing calls ``set_epoch`` (MONAI workflows call it only for
     ``DistributedSampler`` instances). All ranks iterate equally often, so they stay in step.
+    :meth:`state_dict` / :meth:`load_state_dict` keep that counter across a resumed training.
 
     Args:
         labels: ``(N,)`` class indices or ``(N, C)`` multi-hot labels (NaN = missing), in dataset order.
@@ -193,6 +194,15 @@ class ClassBalancedSampler(Sampler[int]):
             raise ValueError(f"epoch must be >= 0, got {epoch}.")
         self.epoch = int(epoch)
         self._iterations_since_set_epoch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the epoch counter stands: ``{"epoch", "iterations_since_set_epoch"}`` (plain ints)."""
+        return {"epoch": int(self.epoch), "iterations_since_set_epoch": int(self._iterations_since_set_epoch)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state_dict`: the next iteration draws what it would have drawn then."""
+        self.set_epoch(int(state["epoch"]))
+        self._iterations_since_set_epoch = int(state.get("iterations_since_set_epoch", 0))
 
     def global_indices(self, epoch: int | None = None) -> np.ndarray:
         """The global index sequence (``total_size`` entries, int64) of ``epoch``, before the rank split.
@@ -463,7 +473,7 @@ def train_sampler(
     """The training sampler a bundle config asks for, in one place.
 
     - ``balanced``: :class:`ClassBalancedSampler` over ``labels`` (default ``dataset.data[i][label_key]``,
-      the items a ``SafeCacheDataset`` kept; pass ``labels`` when those hold label files, see
+      the items a ``DiskCacheDataset`` kept; pass ``labels`` when those hold label files, see
       :mod:`medbundle.data.class_labels`); it splits its draws across ranks by itself when distributed.
     - ``distributed`` only: MONAI's ``DistributedSampler`` (shuffled, evenly divisible shards).
     - neither: ``None`` (the data loader shuffles).

@@ -16,7 +16,7 @@ def test_list_shows_every_bundle_with_task_io_and_version(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     cxr = rows["chest_xray_classification"]
     assert cxr["task_type"] == "classification"
-    assert cxr["version"] == "0.1.0"
+    assert cxr["version"] == "0.2.0"
     assert "1ch 512x512" in cxr["input"] and "14 probabilities" in cxr["output"]
     assert main(["list"]) == 0
     assert "chest_xray_classification" in capsys.readouterr().out

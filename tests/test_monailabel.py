@@ -191,7 +191,9 @@ def test_train_runs_the_bundle_trainer_on_labels_saved_in_the_datastore(server):
     assert f"Total Records in Dataset: {N_TRAIN}" in train_log
     assert "Total Records for Training: 9" in train_log  # val_split 0.25 of 12 labelled images
     # MONAI's trainer ran 2 epochs on them and the checkpoint saver rewrote the served model
-    assert "Epoch[2]" in train_log and "train_loss" in train_log
+    # ("train_loss" used to be read from monai.bundle's echo of the train#handlers override, which it now
+    # shortens; the demo recipe does not log per-iteration losses)
+    assert "SupervisedTrainer - INFO - Epoch[2] Complete" in train_log
     assert ckpt.stat().st_mtime_ns > before
     # and the server answers with the retrained weights
     res = _post(f"{url}/infer/{CXR}?image={ids[CXR]}&output=json")

@@ -53,8 +53,8 @@ def _broken_copy(tmp_path):
 
 def test_verify_reports_broken_bundles(tmp_path, capsys):
     bundle, meta = _broken_copy(tmp_path)
-    res = check_changelog({**meta, "version": "0.2.0"})
-    assert not res.ok and "'0.2.0' is not listed in 'changelog'" in res.message
+    res = check_changelog({**meta, "version": "9.9.0"})
+    assert not res.ok and "'9.9.0' is not listed in 'changelog'" in res.message
     (bundle / "LICENSE").unlink()
     res = check_required_files(bundle)
     assert not res.ok and "LICENSE" in res.message
@@ -65,7 +65,7 @@ def test_verify_reports_broken_bundles(tmp_path, capsys):
     assert not res.ok
     assert "network_data_format/inputs/image/dtype" in res.message and "'copyright' is a required" in res.message
     # through the command: the version bump without a changelog entry fails the run with a clear line
-    meta["version"] = "0.2.0"
+    meta["version"] = "9.9.0"
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
     assert cli_main(["verify", str(bundle)]) == 1
     out = capsys.readouterr().out
@@ -91,7 +91,7 @@ def packaged(tmp_path_factory):
 def test_package_writes_zips_and_model_info_with_sha256(packaged):
     _, out = packaged
     info = json.loads((out / "model_info.json").read_text())
-    assert set(info) == {f"{CT}_v0.1.0", "chest_xray_classification_v0.1.0"}
+    assert set(info) == {f"{CT}_v0.2.0", "chest_xray_classification_v0.2.0"}
     for key, entry in info.items():
         z = out / f"{key}.zip"
         assert entry["source"] == z.name and entry["hash_type"] == "sha256"
@@ -101,7 +101,7 @@ def test_package_writes_zips_and_model_info_with_sha256(packaged):
         assert all(n.startswith(f"{top}/") for n in names)
         for need in ("configs/metadata.json", "configs/inference.json", "docs/README.md", "LICENSE"):
             assert f"{top}/{need}" in names
-    assert f"{CT}/models/model.pt" in zipfile.ZipFile(out / f"{CT}_v0.1.0.zip").namelist()
+    assert f"{CT}/models/model.pt" in zipfile.ZipFile(out / f"{CT}_v0.2.0.zip").namelist()
 
 
 @pytest.fixture
@@ -120,14 +120,14 @@ def server(packaged):
 def test_download_checksum_and_inference(packaged, server, tmp_path):
     _, out = packaged
     dl = tmp_path / "downloaded"
-    run_bundle(["download", "--name", CT, "--url", f"{server}/{CT}_v0.1.0.zip", "--bundle_dir", str(dl),
+    run_bundle(["download", "--name", CT, "--url", f"{server}/{CT}_v0.2.0.zip", "--bundle_dir", str(dl),
                 "--progress", "False"])
     bundle = dl / CT
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "configs" / "inference.json").is_file()
     # monai.bundle download keeps the zip as <name>.zip: check it against the index before use
-    assert check_package(dl / f"{CT}.zip", out / "model_info.json") == f"{CT}_v0.1.0"
+    assert check_package(dl / f"{CT}.zip", out / "model_info.json") == f"{CT}_v0.2.0"
     # a corrupted copy is rejected
-    bad = tmp_path / f"{CT}_v0.1.0.zip"
+    bad = tmp_path / f"{CT}_v0.2.0.zip"
     data = bytearray((out / bad.name).read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
@@ -180,5 +180,17 @@ def test_path_traversal_is_rejected(member, tmp_path):
 
 def test_safe_extract_extracts_a_package(packaged, tmp_path):
     _, out = packaged
-    written = safe_extract(out / f"{CT}_v0.1.0.zip", tmp_path)
+    written = safe_extract(out / f"{CT}_v0.2.0.zip", tmp_path)
     assert (tmp_path / CT / "configs" / "metadata.json") in written
+
+
+def test_package_leaves_out_the_resume_checkpoint(tmp_path):
+    """models/last_epoch.pt (optimizer, random states) belongs to one training run, not to a shared bundle."""
+    bundle = tmp_path / CT
+    shutil.copytree(BUNDLES / CT, bundle, ignore=shutil.ignore_patterns("models", "__pycache__", "cache", "eval"))
+    (bundle / "models").mkdir()
+    torch.save({"w": torch.zeros(1)}, bundle / "models" / "model.pt")
+    torch.save({"epoch": 3}, bundle / "models" / "last_epoch.pt")
+    assert cli_main(["package", str(bundle), "--out", str(tmp_path / "zoo")]) == 0
+    names = zipfile.ZipFile(tmp_path / "zoo" / f"{CT}_v0.2.0.zip").namelist()
+    assert f"{CT}/models/model.pt" in names and f"{CT}/models/last_epoch.pt" not in names

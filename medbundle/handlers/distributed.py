@@ -3,8 +3,10 @@
 :func:`rank_handlers` picks a rank's handlers by *type*: rank 0 runs all of them; the other ranks drop the
 MONAI handlers that only log or write files (stats, checkpoints, TensorBoard, MLflow, metric savers) and
 keep everything else (LR schedule, validation, metric and report handlers, which take part in collective
-communication, and checkpoint loaders). Selecting by position would break as soon as a list is reordered
-or extended: MONAI Label's bundle trainer inserts a ``CheckpointLoader`` at the front of ``train#handlers``.
+communication, checkpoint loaders, and :class:`medbundle.handlers.checkpoint.ResumeCheckpoint`, which
+gathers every rank's random states and lets rank 0 write). Selecting by position would break as soon as a
+list is reordered or extended: MONAI Label's bundle trainer inserts a ``CheckpointLoader`` at the front of
+``train#handlers``.
 
 :class:`ShardRecorder` shows how a distributed sampler split the training set: it wraps the sampler behind
 the trainer's data loader, records the dataset indices actually drawn in one epoch, and writes
