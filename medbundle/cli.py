@@ -119,12 +119,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        rows = run_demo(names, workdir, verbose=args.verbose, overrides=overrides)
+        rows = run_demo(names, workdir, verbose=args.verbose, overrides=overrides, seed=args.seed)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print()
-    fixed = ("bundle", "metric", "value", "target", "minutes", "times_s", "workdir")
+    fixed = ("bundle", "seed", "metric", "value", "target", "minutes", "times_s", "workdir")
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in fixed))  # bundles report different extras
     table = [[r["bundle"], r["metric"], _fmt(r["value"]), f">= {r['target']}", *[_fmt(r.get(k)) for k in extra],
               f"{r['minutes']:.1f}"] for r in rows]
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strict", action="store_true", help="exit 3 if a bundle misses its demo target")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value in every step, e.g. --set num_epochs=1 (repeatable)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="draws the synthetic data and the split and seeds the training (default 0)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("prepare", help="fill a bundle's disk cache of preprocessed items before training")

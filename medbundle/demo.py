@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -28,9 +29,10 @@ __all__ = ["DEMOS", "DemoSpec", "run_bundle_step", "run_demo"]
 class DemoSpec:
     """How the demo prepares data and reads results for one bundle."""
 
-    prepare: Callable[[Path], dict[str, Any]]
-    """Writes synthetic data under the given folder; returns config overrides (e.g. ``dataset_dir``)
-    for training/evaluation and, under the key ``"inference"``, overrides for inference."""
+    prepare: Callable[[Path, int], dict[str, Any]]
+    """``(folder, seed)``: writes synthetic data under the folder, drawn with the seed; returns config
+    overrides (e.g. ``dataset_dir``) for training/evaluation and, under the key ``"inference"``, overrides
+    for inference."""
     headline: tuple[str, str]
     """(metrics.json key, label) of the figure shown in the results table."""
     threshold: float
@@ -38,42 +40,42 @@ class DemoSpec:
     extra: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _prepare_chest_xray(data_root: Path) -> dict[str, Any]:
+def _prepare_chest_xray(data_root: Path, seed: int = 0) -> dict[str, Any]:
     from medbundle.data.chestxray import chestxray14_datalist, write_datalist
     from medbundle.data.synthetic_xray import generate_chestxray14
 
     ds = data_root / "ChestXray14"
     if not (ds / "Data_Entry_2017.csv").is_file():
-        generate_chestxray14(ds, seed=0, min_pos_per_split=8)
-    datalist = chestxray14_datalist(ds, val_fraction=0.15, seed=0)
+        generate_chestxray14(ds, seed=seed, min_pos_per_split=8)
+    datalist = chestxray14_datalist(ds, val_fraction=0.15, seed=seed)
     test_list = write_datalist(datalist, data_root / "datalist.json")
     return {"dataset_dir": str(ds), "val_fraction": 0.15, "inference": {"input": str(test_list)}}
 
 
-def _prepare_ct(data_root: Path) -> dict[str, Any]:
+def _prepare_ct(data_root: Path, seed: int = 0) -> dict[str, Any]:
     from medbundle.data.ct import synthetic_ct_datalist, write_datalist
     from medbundle.data.synthetic_ct import generate_ct_dataset
 
     ds = data_root / "ct_volumes"
     if not (ds / "labels.csv").is_file():
-        generate_ct_dataset(ds, n_volumes=160, seed=0)
-    datalist = write_datalist(synthetic_ct_datalist(ds, val_fraction=0.2, seed=0), data_root / "datalist.json")
+        generate_ct_dataset(ds, n_volumes=160, seed=seed)
+    datalist = write_datalist(synthetic_ct_datalist(ds, val_fraction=0.2, seed=seed), data_root / "datalist.json")
     return {"dataset_dir": str(ds), "datalist_file": str(datalist), "inference": {"input": str(datalist)}}
 
 
-def _prepare_luna16(data_root: Path) -> dict[str, Any]:
+def _prepare_luna16(data_root: Path, seed: int = 0) -> dict[str, Any]:
     from medbundle.data.synthetic_luna16 import generate_luna16
 
     ds = data_root / "LUNA16"
     if not (ds / "seriesuids.csv").is_file():
         # 5 subsets: 3 train, 1 validation (fold 3), 1 test (fold 4), as configs/demo.json says; scans of
         # 144 x 144 x 96 voxels at about 1.0 x 1.0 x 1.5 mm, the demo's resampling target
-        generate_luna16(ds, n_scans=40, shape=(144, 144, 96), spacing=(1.0, 1.0, 1.5), n_subsets=5, seed=0,
+        generate_luna16(ds, n_scans=40, shape=(144, 144, 96), spacing=(1.0, 1.0, 1.5), n_subsets=5, seed=seed,
                         nodules_per_scan=(1, 3), diameter_range=(5.0, 30.0))
     return {"dataset_dir": str(ds), "inference": {"input": str(ds / "subset4")}}
 
 
-def _prepare_wsi(data_root: Path) -> dict[str, Any]:
+def _prepare_wsi(data_root: Path, seed: int = 0) -> dict[str, Any]:
     try:
         import openslide  # noqa: F401
         import tifffile  # noqa: F401
@@ -86,8 +88,8 @@ def _prepare_wsi(data_root: Path) -> dict[str, Any]:
     if not (ds / "testing" / "reference.csv").is_file():
         # 32 training slides (6 of them become validation), 20 held-out test slides, 1.0 um/px at level 0
         generate_camelyon16(ds, n_train_normal=16, n_train_tumor=16, n_test_normal=10, n_test_tumor=10, size=2560,
-                            mpp=1.0, seed=0)
-    datalist = write_datalist(camelyon16_datalist(ds, val_fraction=0.2, seed=0), data_root / "datalist.json")
+                            mpp=1.0, seed=seed)
+    datalist = write_datalist(camelyon16_datalist(ds, val_fraction=0.2, seed=seed), data_root / "datalist.json")
     return {"dataset_dir": str(ds), "datalist_file": str(datalist), "inference": {"input": str(datalist)}}
 
 
@@ -219,11 +221,13 @@ def run_demo(
     verbose: bool = False,
     echo: Callable[[str], None] = print,
     overrides: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Run the demo for each bundle; return one result row per bundle.
 
     ``overrides`` are extra ``--key value`` pairs for every ``monai.bundle`` step (after the demo overlay),
-    e.g. ``{"num_epochs": "1"}`` for a smoke run.
+    e.g. ``{"num_epochs": "1"}`` for a smoke run. ``seed`` draws the synthetic data and the split
+    (``split_seed``) and seeds the training (``seed``); data of another seed in the work folder is replaced.
     """
     workdir = Path(workdir).resolve()
     overrides_all = overrides
@@ -234,9 +238,14 @@ def run_demo(
         spec = DEMOS[name]
         bwork = workdir / name
         (bwork / "logs").mkdir(parents=True, exist_ok=True)
-        echo(f"== {name}: generating synthetic data in {bwork / 'data'}")
+        data_root = bwork / "data"
+        marker = data_root / ".seed"
+        if data_root.exists() and (not marker.is_file() or marker.read_text().strip() != str(seed)):
+            shutil.rmtree(data_root)  # data of another seed (or of an unknown one): draw it again
+        echo(f"== {name}: generating synthetic data in {data_root} (seed {seed})")
         t0 = time.perf_counter()
-        overrides = spec.prepare(bwork / "data")
+        overrides = {**spec.prepare(data_root, seed), "seed": seed, "split_seed": seed}
+        marker.write_text(str(seed))
         # the demo trains a new model each time: its inference redoes every item instead of resuming
         infer_over = {**overrides.pop("inference", {}), "overwrite": True}
         times = {"data": time.perf_counter() - t0}
@@ -250,6 +259,7 @@ def run_demo(
         key, label = spec.headline
         row = {
             "bundle": name,
+            "seed": seed,
             "metric": label,
             "value": _lookup(metrics, key),
             "target": spec.threshold,
