@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medbundle.inferers import SlidingWindowClassifier, aggregate_logits, window_starts
-from medbundle.transforms.ct import CropWeightMapd
+from medbundle.transforms.ct import CropWeightMapd, dilate_box
 
 
 def test_window_starts_cover_the_axis_and_end_at_the_edge():
@@ -78,3 +78,39 @@ def test_crop_weights_body_roi_lesion():
     assert float(w[2, 2]) == 106.0  # lesion in lung
     no_roi = CropWeightMapd(roi_range=None)({"image": hu, "body_mask": body})
     assert set(no_roi["crop_weight"].unique().tolist()) == {0.0, 1.0}
+
+
+def test_dilate_box_by_axis_and_errors():
+    m = torch.zeros(1, 9, 9, 9)
+    m[0, 4, 4, 4] = 1
+    d = dilate_box(m, 2)
+    assert d.dtype == torch.bool and d.shape == m.shape
+    assert int(d.sum()) == 5**3 and bool(d[0, 2:7, 2:7, 2:7].all())
+    d = dilate_box(m, (1, 0, 3))  # per-axis margins: 3 x 1 x 7 box
+    assert int(d.sum()) == 3 * 1 * 7 and bool(d[0, 3:6, 4, 1:8].all())
+    corner = torch.zeros(1, 9, 9)
+    corner[0, 0, 0] = 1
+    assert int(dilate_box(corner, 2).sum()) == 9  # clipped at the edge: 3 x 3
+    torch.testing.assert_close(dilate_box(m, 0), m > 0)
+    assert not dilate_box(torch.zeros(1, 4, 4, 4), 3).any()
+    with pytest.raises(ValueError, match="one per spatial axis"):
+        dilate_box(m, (1, 2))
+    with pytest.raises(ValueError, match=">= 0"):
+        dilate_box(m, -1)
+
+
+def test_crop_weights_lesion_margin_puts_the_finding_off_centre():
+    body = torch.ones(1, 20, 20, 20)
+    lesion = torch.zeros(1, 20, 20, 20)
+    lesion[0, 10, 10, 10] = 1
+    d = CropWeightMapd(lesion_weight=1e6, lesion_margin=4)({"body_mask": body, "mask": lesion})
+    w = d["crop_weight"][0]
+    near = w > 1
+    assert int(near.sum()) == 9**3  # centres up to 4 voxels from the finding along each axis
+    assert float(w[14, 6, 10]) == pytest.approx(1e6 + 1) and float(w[15, 10, 10]) == 1.0
+    # with a large lesion_weight nearly every patch centre is near the finding (its label holds for the patch)
+    assert float(w[near].sum() / w.sum()) > 0.999
+    old = CropWeightMapd(lesion_weight=1e6)({"body_mask": body, "mask": lesion})["crop_weight"][0]
+    assert int((old > 1).sum()) == 1  # margin 0: every such patch centred on a finding voxel
+    with pytest.raises(ValueError, match="lesion_margin"):
+        CropWeightMapd(lesion_margin=-2)

@@ -31,6 +31,7 @@ from medbundle.zoo import (
 
 ALL = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/metadata.json"))
 CT = "ct_volume_classification"
+CT_VERSION = json.loads((BUNDLES / CT / "configs" / "metadata.json").read_text())["version"]
 SMALL_CT = {"resnet_depth": 10, "widen_factor": 0.5}
 
 
@@ -91,7 +92,7 @@ def packaged(tmp_path_factory):
 def test_package_writes_zips_and_model_info_with_sha256(packaged):
     _, out = packaged
     info = json.loads((out / "model_info.json").read_text())
-    assert set(info) == {f"{CT}_v0.2.0", "chest_xray_classification_v0.2.0"}
+    assert set(info) == {f"{CT}_v{CT_VERSION}", "chest_xray_classification_v0.2.0"}
     for key, entry in info.items():
         z = out / f"{key}.zip"
         assert entry["source"] == z.name and entry["hash_type"] == "sha256"
@@ -101,7 +102,7 @@ def test_package_writes_zips_and_model_info_with_sha256(packaged):
         assert all(n.startswith(f"{top}/") for n in names)
         for need in ("configs/metadata.json", "configs/inference.json", "docs/README.md", "LICENSE"):
             assert f"{top}/{need}" in names
-    assert f"{CT}/models/model.pt" in zipfile.ZipFile(out / f"{CT}_v0.2.0.zip").namelist()
+    assert f"{CT}/models/model.pt" in zipfile.ZipFile(out / f"{CT}_v{CT_VERSION}.zip").namelist()
 
 
 @pytest.fixture
@@ -120,14 +121,14 @@ def server(packaged):
 def test_download_checksum_and_inference(packaged, server, tmp_path):
     _, out = packaged
     dl = tmp_path / "downloaded"
-    run_bundle(["download", "--name", CT, "--url", f"{server}/{CT}_v0.2.0.zip", "--bundle_dir", str(dl),
+    run_bundle(["download", "--name", CT, "--url", f"{server}/{CT}_v{CT_VERSION}.zip", "--bundle_dir", str(dl),
                 "--progress", "False"])
     bundle = dl / CT
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "configs" / "inference.json").is_file()
     # monai.bundle download keeps the zip as <name>.zip: check it against the index before use
-    assert check_package(dl / f"{CT}.zip", out / "model_info.json") == f"{CT}_v0.2.0"
+    assert check_package(dl / f"{CT}.zip", out / "model_info.json") == f"{CT}_v{CT_VERSION}"
     # a corrupted copy is rejected
-    bad = tmp_path / f"{CT}_v0.2.0.zip"
+    bad = tmp_path / f"{CT}_v{CT_VERSION}.zip"
     data = bytearray((out / bad.name).read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
@@ -180,7 +181,7 @@ def test_path_traversal_is_rejected(member, tmp_path):
 
 def test_safe_extract_extracts_a_package(packaged, tmp_path):
     _, out = packaged
-    written = safe_extract(out / f"{CT}_v0.2.0.zip", tmp_path)
+    written = safe_extract(out / f"{CT}_v{CT_VERSION}.zip", tmp_path)
     assert (tmp_path / CT / "configs" / "metadata.json") in written
 
 
@@ -192,5 +193,5 @@ def test_package_leaves_out_the_resume_checkpoint(tmp_path):
     torch.save({"w": torch.zeros(1)}, bundle / "models" / "model.pt")
     torch.save({"epoch": 3}, bundle / "models" / "last_epoch.pt")
     assert cli_main(["package", str(bundle), "--out", str(tmp_path / "zoo")]) == 0
-    names = zipfile.ZipFile(tmp_path / "zoo" / f"{CT}_v0.2.0.zip").namelist()
+    names = zipfile.ZipFile(tmp_path / "zoo" / f"{CT}_v{CT_VERSION}.zip").namelist()
     assert f"{CT}/models/model.pt" in names and f"{CT}/models/last_epoch.pt" not in names

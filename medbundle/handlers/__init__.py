@@ -12,6 +12,7 @@ from medbundle.handlers.detection import CPMMetric, DetectionMetric, DetectionRe
 from medbundle.handlers.distributed import ShardRecorder, rank_handlers
 from medbundle.handlers.inference import GradCAMSaver, PredictionsWriter
 from medbundle.handlers.progress import TrainingProgress
+from medbundle.handlers.selection import SelectedEpochScore, TolerantSelection
 from medbundle.handlers.streaming import StreamingWriter
 from medbundle.handlers.tensorboard import LazySummaryWriter, LearningRateWriter
 
@@ -28,6 +29,8 @@ __all__ = [
     "MultiLabelAUROC",
     "PredictionsWriter",
     "ResumeCheckpoint",
+    "SelectedEpochScore",
+    "TolerantSelection",
     "ShardRecorder",
     "StreamingWriter",
     "TrainingProgress",
