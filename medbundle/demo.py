@@ -71,7 +71,7 @@ def _prepare_luna16(data_root: Path, seed: int = 0) -> dict[str, Any]:
         # 5 subsets: 3 train, 1 validation (fold 3), 1 test (fold 4), as configs/demo.json says; scans of
         # 144 x 144 x 96 voxels at about 1.0 x 1.0 x 1.5 mm, the demo's resampling target
         generate_luna16(ds, n_scans=40, shape=(144, 144, 96), spacing=(1.0, 1.0, 1.5), n_subsets=5, seed=seed,
-                        nodules_per_scan=(1, 3), diameter_range=(5.0, 30.0))
+                        nodules_per_scan=(1, 3), diameter_range=(3.0, 30.0), diameter_distribution="luna16")
     return {"dataset_dir": str(ds), "inference": {"input": str(ds / "subset4")}}
 
 
@@ -104,20 +104,24 @@ DEMOS: dict[str, DemoSpec] = {
         prepare=_prepare_ct,
         headline=("mean_auroc", "mean AUROC (test)"),
         threshold=0.90,
-        extra=[("macro.sensitivity", "sensitivity"), ("macro.specificity", "specificity")],
+        extra=[("per_class.nodule.auroc", "nodule AUROC"), ("macro.sensitivity", "sensitivity"),
+               ("macro.specificity", "specificity")],
     ),
     "lung_nodule_ct_detection": DemoSpec(
         prepare=_prepare_luna16,
         headline=("cpm", "LUNA16 CPM (test)"),
         threshold=0.80,
-        extra=[("map", "mAP IoU 0.1-0.5"), ("mar", "mAR")],
+        extra=[("sensitivity_at_1fp_by_size.under_10mm", "sens. 1 FP/scan <10 mm"),
+               ("sensitivity_at_1fp_by_size.10mm_or_more", "sens. 1 FP/scan >=10 mm"),
+               ("map", "mAP IoU 0.1-0.5"), ("mar", "mAR")],
     ),
     "wsi_mil_classification": DemoSpec(
         prepare=_prepare_wsi,
         headline=("slide_auroc", "slide AUROC (test)"),
         threshold=0.90,
         extra=[("sensitivity", "sensitivity"), ("specificity", "specificity"),
-               ("attention_top_k_in_tumour_fraction", "top-k attention in tumour")],
+               ("attention_top_k_in_tumour_fraction", "top-k attention in tumour"),
+               ("attention_chance_fraction", "chance (tumour share of patches)")],
     ),
 }
 

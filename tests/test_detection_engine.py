@@ -174,6 +174,13 @@ def test_report_perfect_predictions_give_cpm_and_map_one(tmp_path):
     assert result["mar"] == pytest.approx(1.0)
     written = report.write(result)
     assert written["froc"]["n_scans"] == 2 and json.loads((tmp_path / "metrics.json").read_text())["cpm"] == 1.0
+    # both nodules are under 10 mm (box sizes 6.4 x 6.4 x 12 and 4.8 x 6.4 x 12 mm, mean 8.3 and 7.7 mm)
+    by_size = json.loads((tmp_path / "metrics.json").read_text())["froc_by_size"]
+    assert by_size["strata"]["under_10mm"]["n_nodules"] == 2 and by_size["strata"]["10mm_or_more"]["n_nodules"] == 0
+    assert written["sensitivity_at_1fp_by_size"] == {"under_10mm": 1.0, "10mm_or_more": None}
+    plain = DetectionReport(n_bootstraps=0, size_edges=None)
+    plain.collect(_perfect_outputs(AFFINE))
+    assert plain.write()["froc_by_size"] is None and plain.report["sensitivity_at_1fp_by_size"] is None
 
 
 def test_world_conversion_matches_luna16_helpers_and_round_trips():

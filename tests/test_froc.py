@@ -18,7 +18,9 @@ import pytest
 from medbundle.metrics.froc import (
     evaluate_luna16_files,
     froc_command,
+    froc_sensitivity_by_size,
     luna16_froc,
+    luna16_froc_by_size,
     read_luna16_annotations,
     read_luna16_results,
     read_seriesuids,
@@ -230,6 +232,88 @@ def _full_curve(annotations, results, uids, excluded, cap):
         warnings.simplefilter("ignore")
         res = luna16_froc(annotations, results, uids, excluded, max_marks_per_scan=cap)
     return np.array(res["fps_per_scan"]), np.array(res["sensitivity"])
+
+
+# ------------------------------------------------------------------------------------- by nodule size
+def test_sensitivity_by_size_hand_case():
+    # 2 scans; nodules of 4 and 6 mm (under 10) and 12 and 20 mm; the 20 mm nodule is never hit
+    res = froc_sensitivity_by_size([0.9, 0.45, 0.6, -np.inf], [4.0, 6.0, 12.0, 20.0], [0.8, 0.5, 0.4, 0.2], 2)
+    small, large = res["strata"]["under_10mm"], res["strata"]["10mm_or_more"]
+    assert list(res["strata"]) == ["under_10mm", "10mm_or_more"] and res["n_false_positives"] == 4
+    assert (small["min_mm"], small["max_mm"], large["min_mm"], large["max_mm"]) == (None, 10.0, 10.0, None)
+    assert (small["n_nodules"], small["n_detected"], large["n_nodules"], large["n_detected"]) == (2, 2, 2, 1)
+    # under 10 mm: 0.9 T | 0.8 F | 0.5 F | 0.45 T | 0.4 F | 0.2 F -> (0, .5) (.5, .5) (1, .5) (1, 1) (1.5, 1) (2, 1);
+    # 1 FP/scan is read at the grid point 0.9999125, just before the step at 1.0 -> 0.5; 2 FP/scan at 2.0000375
+    assert small["sensitivities"] == pytest.approx([0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0], abs=1e-12)
+    assert small["cpm"] == pytest.approx(5 / 7, abs=1e-12)
+    # 10 mm or more: 0.8 F | 0.6 T | 0.5 F | 0.4 F | 0.2 F -> (.5, 0) (.5, .5) (1, .5) (1.5, .5) (2, .5)
+    assert large["sensitivities"] == pytest.approx([0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5], abs=1e-12)
+    assert large["cpm"] == pytest.approx(2 / 7, abs=1e-12)
+    # a missed nodule may be NaN as well as -inf; a diameter on an edge belongs to the stratum above it
+    nan = froc_sensitivity_by_size([0.9, 0.45, 0.6, np.nan], [4.0, 6.0, 10.0, 20.0], [0.8, 0.5, 0.4, 0.2], 2,
+                                   size_edges=(6.0, 10.0), fp_rates=(1.0,))
+    assert list(nan["strata"]) == ["under_6mm", "6_to_10mm", "10mm_or_more"]
+    assert [v["n_nodules"] for v in nan["strata"].values()] == [1, 1, 2]
+    assert [v["sensitivities"][0] for v in nan["strata"].values()] == pytest.approx([1.0, 0.0, 0.5])
+
+
+def test_sensitivity_by_size_empty_stratum_and_errors():
+    res = froc_sensitivity_by_size([0.9], [5.0], [], 1)
+    assert res["strata"]["under_10mm"]["sensitivities"] == [1.0] * 7
+    assert res["strata"]["10mm_or_more"]["n_nodules"] == 0
+    assert all(math.isnan(v) for v in res["strata"]["10mm_or_more"]["sensitivities"])
+    with pytest.raises(ValueError, match="nodule_diameters has"):
+        froc_sensitivity_by_size([0.9, 0.1], [5.0], [], 1)
+    with pytest.raises(ValueError, match="n_scans"):
+        froc_sensitivity_by_size([0.9], [5.0], [], 0)
+    with pytest.raises(ValueError, match="size_edges"):
+        froc_sensitivity_by_size([0.9], [5.0], [], 1, size_edges=(10.0, 6.0))
+    with pytest.raises(ValueError, match="fp_scores"):
+        froc_sensitivity_by_size([0.9], [5.0], [np.nan], 1)
+
+
+def test_luna16_by_size_hand_case():
+    annotations, excluded, results = _hand_case()
+    res = luna16_froc_by_size(annotations, results, ["A", "B", "C", "D"], excluded)
+    small, large = res["strata"]["under_10mm"], res["strata"]["10mm_or_more"]
+    # under 10 mm: n3 (6 mm, hit at 0.3) and n4 (8 mm, missed); 10 mm or more: n1 (10 mm, 0.9) and n2 (-1 -> 10 mm,
+    # 0.7); the two false positives (0.8 on A, 0.7 on B) are shared, over 4 scans
+    assert (small["n_nodules"], small["n_detected"], large["n_nodules"], large["n_detected"]) == (2, 1, 2, 2)
+    assert res["n_false_positives"] == 2 and res["n_scans"] == 4
+    # small: 0.8 F | 0.7 F | 0.3 T -> (.25, 0) (.5, 0) (.5, .5)
+    assert small["sensitivities"] == pytest.approx([0, 0, 0, 0.5, 0.5, 0.5, 0.5], abs=1e-12)
+    # large: 0.9 T | 0.8 F | 0.7 T+F -> (0, .5) (.25, .5) (.5, 1); read at 0.2502125 and 0.49985 on the diagonal
+    expected = [0.5, 0.5 + 0.0002125 / 0.25 * 0.5, 0.5 + 0.24985 / 0.25 * 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert large["sensitivities"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed,tie_levels,cap,edges", [(0, None, 100, (10.0,)), (1, 10, 100, (6.0, 10.0)),
+                                                        (2, None, 8, (10.0,)), (3, 5, 12, (5.0, 8.0, 12.0))])
+def test_luna16_by_size_equals_froc_on_each_stratum_alone(seed, tie_levels, cap, edges):
+    """Each stratum = luna16_froc on its nodules, the other strata's nodules added to the excluded findings."""
+    uids, annotations, excluded, results = synthetic_luna(seed, tie_levels=tie_levels)
+    uids = uids + ["no-marks"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_size = luna16_froc_by_size(annotations, results, uids, excluded, edges, max_marks_per_scan=cap)
+        overall = luna16_froc(annotations, results, uids, excluded, max_marks_per_scan=cap)
+        d = np.where(annotations["diameter_mm"] < 0, 10.0, annotations["diameter_mm"])
+        stratum = np.searchsorted(edges, d, side="right")
+        assert by_size["n_false_positives"] == overall["n_false_positives"]
+        assert sum(v["n_nodules"] for v in by_size["strata"].values()) == overall["n_nodules"]
+        assert sum(v["n_detected"] for v in by_size["strata"].values()) == overall["n_detected"]
+        for k, entry in enumerate(by_size["strata"].values()):
+            inside = stratum == k
+            alone = luna16_froc({c: v[inside] for c, v in annotations.items()}, results, uids,
+                                {c: np.concatenate([excluded[c], annotations[c][~inside]]) for c in annotations},
+                                max_marks_per_scan=cap)
+            assert (entry["n_nodules"], entry["n_detected"]) == (alone["n_nodules"], alone["n_detected"])
+            assert alone["n_false_positives"] == overall["n_false_positives"]
+            np.testing.assert_allclose(entry["sensitivities"], alone["sensitivities"], atol=1e-12)
+            assert entry["cpm"] == pytest.approx(alone["cpm"], abs=1e-12)
+        # one stratum holding every nodule is the overall FROC
+        one = luna16_froc_by_size(annotations, results, uids, excluded, (1000.0,), max_marks_per_scan=cap)
+    np.testing.assert_allclose(one["strata"]["under_1000mm"]["sensitivities"], overall["sensitivities"], atol=1e-12)
 
 
 @pytest.mark.parametrize("marks_per_scan", [30, 120])  # 120: the prefix shortcut in the resamples is used

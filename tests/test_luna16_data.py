@@ -238,10 +238,23 @@ def test_render_scan_places_nodules_in_lungs():
         assert -650 < np.median(ring) < -150
 
 
-def test_diameters_favour_small_nodules():
+def test_diameters_follow_luna16_by_default():
+    """LUNA16's annotations.csv (1,186 nodules): min 3.25 mm, median 6.43, mean 8.31, 76 % under 10 mm, 4 % under
+    4 mm, 4 % of 20 mm or more (the mean is a little lower here, truncated at 30 mm)."""
     d = sample_nodule_diameters(np.random.default_rng(0), 20000, (3.0, 30.0))
-    assert d.min() >= 3.0 and d.max() <= 30.0
-    assert abs(np.median(d) - 5.45) < 0.15 and abs(d.mean() - 7.68) < 0.15
+    assert d.min() >= 3.25 and d.max() <= 30.0
+    assert abs(np.median(d) - 6.43) < 0.1 and abs(d.mean() - 8.27) < 0.1
+    assert abs((d < 10).mean() - 0.763) < 0.015 and abs((d < 4).mean() - 0.041) < 0.01
+    assert abs((d >= 20).mean() - 0.04) < 0.01
+    window = sample_nodule_diameters(np.random.default_rng(0), 2000, (8.0, 20.0))  # truncated to the range
+    assert window.min() >= 8.0 and window.max() <= 20.0 and 10.5 < np.median(window) < 12.0
+    # the former density ~1/d^2 puts 28 % of the nodules under 4 mm (LUNA16: 4 %)
+    power = sample_nodule_diameters(np.random.default_rng(0), 20000, (3.0, 30.0), distribution="power")
+    assert abs(np.median(power) - 5.45) < 0.15 and abs(power.mean() - 7.68) < 0.15 and (power < 4).mean() > 0.25
+    with pytest.raises(ValueError, match="none of LUNA16"):
+        sample_nodule_diameters(np.random.default_rng(0), 5, (40.0, 50.0))
+    with pytest.raises(ValueError, match="distribution"):
+        sample_nodule_diameters(np.random.default_rng(0), 5, distribution="uniform")
 
 
 def test_generator_rejects_bad_arguments(tmp_path):
@@ -249,6 +262,8 @@ def test_generator_rejects_bad_arguments(tmp_path):
         generate_luna16(tmp_path, n_scans=2, n_subsets=3)
     with pytest.raises(ValueError, match="nodules_per_scan"):
         generate_luna16(tmp_path, nodules_per_scan=(3, 1))
+    with pytest.raises(ValueError, match="distribution"):
+        generate_luna16(tmp_path, diameter_distribution="uniform")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ distractors, Gaussian noise), flipped into LPS index order. The lungs are then s
 (air-like voxels not connected to the air around the body) and findings are drawn inside them:
 
 - nodules: ellipsoids with axis ratios within ~0.85-1.15 (``diameter_mm`` = the diameter of the sphere of
-  the same volume), diameters drawn with density proportional to ``1/d^2`` on ``diameter_range`` (for 3-30
-  mm: median ~5.5 mm, mean ~7.7 mm, 78 % under 10 mm; small nodules dominate, as in LUNA16). Solid nodules
+  the same volume), diameters drawn from LUNA16's own size distribution (the quantiles of its
+  ``annotations.csv``, :data:`LUNA16_DIAMETER_QUANTILES`) truncated to ``diameter_range``: on 3-30 mm,
+  3.25 mm and up, median 6.4 mm, mean 8.3 mm, 76 % under 10 mm, 4 % of 20 mm or more. Solid nodules
   are 0..50 HU; a fraction ``part_solid_fraction`` is part-solid: a ground-glass halo (-500..-300 HU) with
   a solid core of 30-60 % of the radius. Centres lie in a lung voxel at least ``min(r, 0.6 * deepest)`` mm
   from the lung boundary (so nodules larger than the lung reach the chest wall or mediastinum, never the
@@ -52,6 +53,8 @@ from medbundle.data.synthetic_ct import render_ct_volume
 __all__ = [
     "LIDC_UID_PREFIX",
     "luna16_seriesuid",
+    "LUNA16_DIAMETER_QUANTILES",
+    "DIAMETER_DISTRIBUTIONS",
     "sample_nodule_diameters",
     "segment_lungs",
     "render_luna16_scan",
@@ -70,15 +73,58 @@ def luna16_seriesuid(seed: int, index: int) -> str:
     return LIDC_UID_PREFIX + "".join(str(d) for d in digits)
 
 
-def sample_nodule_diameters(
-    rng: np.random.Generator, n: int, diameter_range: Sequence[float] = (3.0, 30.0), exponent: float = 2.0
-) -> np.ndarray:
-    """Draw ``n`` diameters (mm) with density proportional to ``d ** -exponent`` on ``diameter_range``.
+#: Quantiles of LUNA16's nodule diameters: ``annotations.csv`` of the challenge (1,186 nodules >= 3 mm accepted
+#: by at least 3 of 4 radiologists; min 3.25 mm, median 6.43 mm, mean 8.31 mm, sd 4.76 mm, 76 % under 10 mm,
+#: 4 % under 4 mm, 4 % of 20 mm or more, max 32.27 mm). ``(cumulative probability, diameter in mm)``: every
+#: 5 % up to the 90th percentile, then the 92.5th, 95th, 97.5th, 99th and the maximum. Their piecewise-linear
+#: interpolation is the inverse CDF that :func:`sample_nodule_diameters` draws from (``distribution="luna16"``).
+LUNA16_DIAMETER_QUANTILES: tuple[tuple[float, float], ...] = (
+    (0.00, 3.25), (0.05, 4.09), (0.10, 4.40), (0.15, 4.67), (0.20, 4.90), (0.25, 5.11), (0.30, 5.31),
+    (0.35, 5.63), (0.40, 5.90), (0.45, 6.17), (0.50, 6.43), (0.55, 6.87), (0.60, 7.30), (0.65, 7.92),
+    (0.70, 8.72), (0.75, 9.70), (0.80, 11.07), (0.85, 12.86), (0.90, 15.48), (0.925, 17.24), (0.95, 18.95),
+    (0.975, 21.85), (0.99, 23.99), (1.00, 32.27),
+)
+DIAMETER_DISTRIBUTIONS = ("luna16", "power")
 
-    ``exponent=2`` on 3-30 mm gives median ~5.5 mm and mean ~7.7 mm. Inverse-CDF sampling; float64 ``(n,)``.
+
+def sample_nodule_diameters(
+    rng: np.random.Generator,
+    n: int,
+    diameter_range: Sequence[float] = (3.0, 30.0),
+    distribution: str = "luna16",
+    exponent: float = 2.0,
+) -> np.ndarray:
+    """Draw ``n`` nodule diameters (mm) on ``diameter_range`` by inverse-CDF sampling.
+
+    Args:
+        rng: random generator (one uniform draw per diameter).
+        n: number of diameters.
+        diameter_range: ``(min, max)`` in mm; the distribution is truncated to it.
+        distribution: ``"luna16"``: LUNA16's own size distribution (:data:`LUNA16_DIAMETER_QUANTILES`, linear
+            between its quantiles; on 3-30 mm: median 6.4 mm, mean 8.3 mm, 76 % under 10 mm). ``"power"``:
+            density proportional to ``d ** -exponent`` (``exponent=2`` on 3-30 mm: median 5.5 mm, mean 7.7 mm,
+            but 28 % under 4 mm where LUNA16 has 4 %).
+        exponent: exponent of the ``"power"`` distribution.
+
+    Returns:
+        float64 array of shape ``(n,)``.
+
+    Raises:
+        ValueError: unknown ``distribution``, or a ``diameter_range`` outside LUNA16's 3.25-32.27 mm.
     """
     lo, hi = float(diameter_range[0]), float(diameter_range[1])
     u = rng.random(int(n))
+    if distribution == "luna16":
+        prob, diam = (np.asarray(c, dtype=np.float64) for c in zip(*LUNA16_DIAMETER_QUANTILES))
+        p_lo, p_hi = np.interp([lo, hi], diam, prob)
+        if p_hi <= p_lo:
+            raise ValueError(
+                f"diameter_range {tuple(diameter_range)} mm holds none of LUNA16's diameters "
+                f"({diam[0]}-{diam[-1]} mm); use distribution='power'."
+            )
+        return np.clip(np.interp(p_lo + u * (p_hi - p_lo), prob, diam), lo, hi)
+    if distribution != "power":
+        raise ValueError(f"distribution must be one of {DIAMETER_DISTRIBUTIONS}, got {distribution!r}.")
     if abs(exponent - 1.0) < 1e-9:
         return lo * (hi / lo) ** u
     a = 1.0 - exponent
@@ -182,6 +228,7 @@ def render_luna16_scan(
     n_excluded: int = 0,
     diameter_range: Sequence[float] = (3.0, 30.0),
     part_solid_fraction: float = 0.3,
+    diameter_distribution: str = "luna16",
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
     """Draw one synthetic chest CT scan with nodules and excluded findings (see the module docstring).
 
@@ -199,6 +246,9 @@ def render_luna16_scan(
         ``(min, max)`` nodule diameter in mm.
     part_solid_fraction
         Probability that a nodule is part-solid rather than solid.
+    diameter_distribution
+        ``"luna16"`` (LUNA16's size distribution) or ``"power"`` (``1/d^2``); see
+        :func:`sample_nodule_diameters`.
 
     Returns
     -------
@@ -224,7 +274,7 @@ def render_luna16_scan(
     taken: list[tuple[np.ndarray, float]] = []
 
     nodules: list[dict[str, Any]] = []
-    for d in sample_nodule_diameters(rng, n_nodules, diameter_range):
+    for d in sample_nodule_diameters(rng, n_nodules, diameter_range, diameter_distribution):
         r = float(d) / 2.0
         c = _place(rng, depth, r, taken, sp, r)
         if c is None:
@@ -294,6 +344,7 @@ def generate_luna16(
     part_solid_fraction: float = 0.3,
     excluded_per_scan: Sequence[int] = (0, 2),
     jitter: float = 0.1,
+    diameter_distribution: str = "luna16",
 ) -> dict[str, Any]:
     """Write a synthetic LUNA16-layout data set under ``root`` (layout in the module docstring).
 
@@ -323,6 +374,9 @@ def generate_luna16(
         ``(min, max)`` excluded findings per scan, both inclusive (``annotations_excluded.csv``).
     jitter
         Relative per-scan variation of the spacing.
+    diameter_distribution
+        ``"luna16"`` (default): LUNA16's nodule size distribution truncated to ``diameter_range``;
+        ``"power"``: density ``1/d^2`` (see :func:`sample_nodule_diameters`).
 
     Returns
     -------
@@ -342,6 +396,7 @@ def generate_luna16(
     d_lo, d_hi = _check_range("diameter_range", diameter_range, 1e-3)
     if not 0.0 <= part_solid_fraction <= 1.0 or not 0.0 <= jitter < 1.0:
         raise ValueError(f"part_solid_fraction and jitter must be in [0, 1], got {part_solid_fraction}, {jitter}.")
+    sample_nodule_diameters(np.random.default_rng(0), 1, (d_lo, d_hi), diameter_distribution)  # check early
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -364,7 +419,8 @@ def generate_luna16(
         if i in first_of_subset and nod_hi >= 1:
             n_nod = max(n_nod, 1)
         n_exc = int(srng.integers(exc_lo, exc_hi + 1))
-        vol, _, nodules, excluded = render_luna16_scan(shape, sp, srng, n_nod, n_exc, (d_lo, d_hi), part_solid_fraction)
+        vol, _, nodules, excluded = render_luna16_scan(shape, sp, srng, n_nod, n_exc, (d_lo, d_hi), part_solid_fraction,
+                                                       diameter_distribution)
         origin = np.round(
             [
                 -(shape[0] - 1) / 2.0 * sp[0] + srng.uniform(-15.0, 15.0),

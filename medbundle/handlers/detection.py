@@ -199,6 +199,7 @@ def evaluate_detections(
     n_bootstraps: int = 0,
     seed: int = 0,
     max_detections: int = 100,
+    size_edges: Sequence[float] | None = (10.0,),
 ) -> dict[str, Any]:
     """COCO mAP/mAR and the LUNA16 FROC of :func:`detection_records` (all in world mm).
 
@@ -206,19 +207,22 @@ def evaluate_detections(
     :func:`medbundle.metrics.froc.luna16_froc` with nodules = ground-truth box centres, diameter = mean of the
     box's three sizes (mm), marks = predicted box centres with their scores (all classes), scans = every
     record's ``seriesuid`` (so scans without nodules count in the FP rate); ``excluded``: ``{uid: [[x, y, z,
-    diameter_mm], ...]}`` (LPS mm, as ``luna16_datalist(...)["excluded"]``).
+    diameter_mm], ...]}`` (LPS mm, as ``luna16_datalist(...)["excluded"]``). With ``size_edges`` (mm) the FROC
+    sensitivities are also given per nodule-size stratum (:func:`medbundle.metrics.froc.luna16_froc_by_size`,
+    the same marks, hits and false positives; the diameter is the one above).
 
     Returns
     -------
     dict: ``n_images``, ``coco`` (the COCO dict), ``froc`` (the FROC dict, or None when there are no
-    ground-truth nodules or ``froc`` is False), ``cpm``, ``map``, ``mar`` (floats; NaN when undefined).
+    ground-truth nodules or ``froc`` is False), ``froc_by_size`` (the per-size dict, or None), ``cpm``, ``map``,
+    ``mar`` (floats; NaN when undefined).
     """
     from medbundle.metrics.detection import coco_detection_metrics
-    from medbundle.metrics.froc import luna16_froc
+    from medbundle.metrics.froc import luna16_froc, luna16_froc_by_size
 
     records = [r for r in records if r.get("has_gt", True)]
-    out: dict[str, Any] = {"n_images": len(records), "coco": None, "froc": None, "cpm": math.nan,
-                           "map": math.nan, "mar": math.nan}
+    out: dict[str, Any] = {"n_images": len(records), "coco": None, "froc": None, "froc_by_size": None,
+                           "cpm": math.nan, "map": math.nan, "mar": math.nan}
     if not records:
         return out
     coco = coco_detection_metrics(
@@ -247,9 +251,13 @@ def evaluate_detections(
             np.concatenate([r["pred_score"] for r in records]),
             "probability",
         )
-        f = luna16_froc(ann, res, seriesuids=uids, excluded=_excluded_table(excluded), n_bootstraps=n_bootstraps,
+        exc = _excluded_table(excluded)
+        f = luna16_froc(ann, res, seriesuids=uids, excluded=exc, n_bootstraps=n_bootstraps,
                         seed=seed, max_marks_per_scan=max_detections)
         out["froc"], out["cpm"] = f, float(f["cpm"])
+        if size_edges is not None:
+            out["froc_by_size"] = luna16_froc_by_size(ann, res, seriesuids=uids, excluded=exc, size_edges=size_edges,
+                                                      max_marks_per_scan=max_detections)
     return out
 
 
@@ -331,6 +339,14 @@ def _froc_summary(f: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in f.items() if k not in ("fps_per_scan", "sensitivity", "thresholds", "bootstrap_curve")}
 
 
+def _at_rate(by_size: Mapping[str, Any] | None, rate: float) -> dict[str, float] | None:
+    """``{stratum: sensitivity at rate}`` of a :func:`~medbundle.metrics.froc.luna16_froc_by_size` result."""
+    if not by_size or rate not in by_size["fp_rates"]:
+        return None
+    i = by_size["fp_rates"].index(rate)
+    return {name: s["sensitivities"][i] for name, s in by_size["strata"].items()}
+
+
 class DetectionReport:
     """Collect an evaluator run's detections and ground truth; write ``metrics.json`` and ``froc.png``.
 
@@ -359,6 +375,11 @@ class DetectionReport:
         World frame; see the module docstring.
     output_transform
         Maps ``engine.state.output`` to the evaluator's list of per-image dicts.
+    size_edges
+        Nodule diameters (mm) that cut the FROC into size strata (default: under 10 mm and 10 mm or more);
+        None for no stratification. ``metrics.json`` gets ``froc_by_size`` (per stratum: nodules, detected,
+        sensitivity at every FP rate, CPM; :func:`medbundle.metrics.froc.luna16_froc_by_size`) and
+        ``sensitivity_at_1fp_by_size`` (``{"under_10mm": s, "10mm_or_more": s}``, at 1 FP per scan).
 
     Attributes
     ----------
@@ -379,8 +400,10 @@ class DetectionReport:
         metric_prefix: str = "val_",
         affine_lps_to_ras: bool = True,
         output_transform: Callable = lambda x: x,
+        size_edges: Sequence[float] | None = (10.0,),
     ) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
+        self.size_edges = None if size_edges is None else tuple(float(e) for e in size_edges)
         self.classes = list(classes)
         self.iou_thresholds = tuple(iou_thresholds)
         self.froc = froc
@@ -424,6 +447,7 @@ class DetectionReport:
         return evaluate_detections(
             records, self.classes, self.iou_thresholds, froc=self.froc, excluded=self.excluded,
             n_bootstraps=self.n_bootstraps if n_bootstraps is None else n_bootstraps, seed=self.seed,
+            size_edges=self.size_edges,
         )
 
     def _complete(self, engine: Any) -> None:
@@ -454,6 +478,8 @@ class DetectionReport:
             "mar": result["mar"],
             "coco": result["coco"],
             "froc": _froc_summary(result["froc"]),
+            "sensitivity_at_1fp_by_size": _at_rate(result.get("froc_by_size"), 1.0),
+            "froc_by_size": result.get("froc_by_size"),
         }
         self.report = to_jsonable(report)
         if self.output_dir is None or not _is_rank0():
@@ -465,7 +491,10 @@ class DetectionReport:
             from medbundle.viz.froc import plot_froc
 
             plot_froc(result["froc"], self.output_dir / "froc.png")
-        logger.info("wrote %s (CPM %.4f, mAP %.4f)", self.output_dir / "metrics.json", result["cpm"], result["map"])
+        at_1fp = report["sensitivity_at_1fp_by_size"] or {}
+        by_size = "".join(f", sensitivity at 1 FP/scan {k} {v:.3f}" for k, v in at_1fp.items() if math.isfinite(v))
+        logger.info("wrote %s (CPM %.4f, mAP %.4f%s)", self.output_dir / "metrics.json", result["cpm"], result["map"],
+                    by_size)
         return self.report
 
 

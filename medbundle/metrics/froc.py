@@ -21,6 +21,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,9 @@ __all__ = [
     "read_luna16_results",
     "read_seriesuids",
     "luna16_froc",
+    "froc_sensitivity_by_size",
+    "luna16_froc_by_size",
+    "size_stratum_names",
     "evaluate_luna16_files",
     "summary",
     "froc_command",
@@ -252,6 +256,149 @@ def _order_stat_ci(values: np.ndarray, confidence: float) -> tuple[np.ndarray, n
     return lo, hi
 
 
+@dataclass
+class _Matched:
+    """Marks matched to nodules and excluded findings by the LUNA16 rules (see :func:`luna16_froc`)."""
+
+    n_scans: int
+    n_nodules: int
+    nodule_scan: np.ndarray  # (N,) scan index of each nodule of a listed scan
+    nodule_diameter: np.ndarray  # (N,) diameter_mm as given
+    nodule_score: np.ndarray  # (N,) highest probability among the nodule's hits, -inf when missed
+    detected: np.ndarray  # (N,) bool
+    mark_scan: np.ndarray  # (M,) scan index of each kept mark
+    mark_prob: np.ndarray  # (M,)
+    is_fp: np.ndarray  # (M,) bool: hits no nodule and no excluded finding
+    n_marks: int
+    n_over_cap: int
+    n_on_excluded: int
+    n_extra_hits: int
+    n_several: int
+    n_unlisted: int
+
+
+def _match_marks(
+    ann: Table, res: Table, exc: Table | None, seriesuids: Sequence[str] | None, max_marks_per_scan: int | None
+) -> _Matched:
+    """The scan list, the per-scan cap, hits on nodules and on excluded findings (checked tables in)."""
+    # ---- scan list
+    if seriesuids is None:
+        sources = [ann["seriesuid"], res["seriesuid"]] + ([exc["seriesuid"]] if exc is not None else [])
+        scans = list(dict.fromkeys(u for arr in sources for u in arr.tolist()))
+    else:
+        listed = [str(u) for u in seriesuids]
+        scans = list(dict.fromkeys(listed))
+        if len(scans) != len(listed):
+            warnings.warn(
+                f"seriesuids lists {len(listed) - len(scans)} duplicate UID(s); each scan is counted once.",
+                stacklevel=3,
+            )
+    n_scans = len(scans)
+    if n_scans == 0:
+        raise ValueError("no scans to evaluate: seriesuids is empty and so are annotations and results.")
+    index = {u: i for i, u in enumerate(scans)}
+
+    # ---- marks: drop unlisted scans, apply the per-scan cap, sort by scan
+    m_scan = _scan_index(res["seriesuid"], index)
+    unlisted = int(np.count_nonzero(m_scan < 0))
+    if unlisted:
+        warnings.warn(
+            f"results has {unlisted} mark(s) on scans not in seriesuids; they are ignored.", stacklevel=3
+        )
+    m_prob_all = res["probability"]
+    valid = np.flatnonzero(m_scan >= 0)
+    order = valid[np.lexsort((-m_prob_all[valid], m_scan[valid]))]
+    m_scan = m_scan[order]
+    m_prob = m_prob_all[order]
+    counts = np.bincount(m_scan, minlength=n_scans)
+    n_over_cap = 0
+    if max_marks_per_scan is not None and m_scan.size:
+        starts = np.cumsum(counts) - counts
+        over = np.flatnonzero(counts > max_marks_per_scan)
+        cut = np.full(n_scans, -np.inf)
+        cut[over] = m_prob[starts[over] + max_marks_per_scan]
+        keep = m_prob > cut[m_scan]
+        n_over_cap = int(m_prob.size - np.count_nonzero(keep))
+        order, m_scan, m_prob = order[keep], m_scan[keep], m_prob[keep]
+        counts = np.bincount(m_scan, minlength=n_scans)
+    m_xyz = _coords(res)[order]
+    m_starts = np.cumsum(counts) - counts
+    n_marks = int(m_scan.size)
+
+    # ---- included nodules of listed scans
+    n_scan_all = _scan_index(ann["seriesuid"], index)
+    n_keep = n_scan_all >= 0
+    n_scan = n_scan_all[n_keep]
+    n_xyz = _coords(ann)[n_keep]
+    diam = ann["diameter_mm"][n_keep]
+    n_r2 = (np.where(diam < 0.0, 10.0, diam) / 2.0) ** 2
+    n_nodules = int(n_scan.size)
+    if n_nodules == 0:
+        raise ValueError(
+            "annotations hold no nodule on the evaluated scans, so sensitivity is undefined; check that "
+            "annotations and seriesuids use the same series UIDs."
+        )
+
+    hit_nod, hit_mark = _hits(n_scan, n_xyz, n_r2, m_xyz, m_starts, counts)
+    mark_is_hit = np.zeros(n_marks, dtype=bool)
+    mark_is_hit[hit_mark] = True
+    hits_per_nodule = np.bincount(hit_nod, minlength=n_nodules)
+    nod_score = np.full(n_nodules, -np.inf)
+    np.maximum.at(nod_score, hit_nod, m_prob[hit_mark])
+    detected = hits_per_nodule > 0
+    n_several = int(np.count_nonzero(np.bincount(hit_mark, minlength=n_marks) > 1))
+    if n_several:
+        warnings.warn(
+            f"{n_several} mark(s) lie inside two or more nodules and count as a hit for each (as in the "
+            "published script); check for overlapping annotations.",
+            stacklevel=3,
+        )
+
+    on_excluded = np.zeros(n_marks, dtype=bool)
+    if exc is not None and exc["seriesuid"].size:
+        e_scan = _scan_index(exc["seriesuid"], index)
+        e_keep = e_scan >= 0
+        e_diam = exc["diameter_mm"][e_keep]
+        e_r2 = (np.where(e_diam < 0.0, 10.0, e_diam) / 2.0) ** 2
+        _, e_mark = _hits(e_scan[e_keep], _coords(exc)[e_keep], e_r2, m_xyz, m_starts, counts)
+        on_excluded[e_mark] = True
+    dropped = on_excluded & ~mark_is_hit
+    is_fp = ~mark_is_hit & ~on_excluded
+
+    return _Matched(
+        n_scans=n_scans, n_nodules=n_nodules, nodule_scan=n_scan, nodule_diameter=diam, nodule_score=nod_score,
+        detected=detected, mark_scan=m_scan, mark_prob=m_prob, is_fp=is_fp, n_marks=n_marks,
+        n_over_cap=n_over_cap, n_on_excluded=int(dropped.sum()),
+        n_extra_hits=int(np.sum(hits_per_nodule[detected] - 1)), n_several=n_several, n_unlisted=unlisted,
+    )
+
+
+def _rank(cand_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable descending order of the candidate scores and, in that order, the last index of every run of
+    equal scores (one curve point per distinct threshold, as ``roc_curve``)."""
+    srt = np.argsort(-cand_score, kind="stable")
+    ranked = cand_score[srt]
+    if ranked.size:
+        ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+    else:
+        ends = np.zeros(0, dtype=np.int64)
+    return srt, ends
+
+
+def _read_out(fps: np.ndarray, sens: np.ndarray, rates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The script's grid, the grid point nearest each rate, and the curve linearly interpolated there."""
+    grid = np.linspace(min(_GRID_MIN, float(rates.min())), max(_GRID_MAX, float(rates.max())), _GRID_NUM)
+    read_at = grid[np.argmin(np.abs(grid[None, :] - rates[:, None]), axis=1)]
+    return grid, read_at, np.interp(read_at, fps, sens)
+
+
+def _check_rates(fp_rates: Sequence[float]) -> np.ndarray:
+    rates = np.asarray(fp_rates, dtype=np.float64).reshape(-1)
+    if rates.size == 0 or np.any(~np.isfinite(rates)) or np.any(rates <= 0):
+        raise ValueError(f"fp_rates must be positive FP-per-scan values, got {list(fp_rates)}.")
+    return rates
+
+
 def luna16_froc(
     annotations: Mapping[str, Any],
     results: Mapping[str, Any],
@@ -336,9 +483,7 @@ def luna16_froc(
     ann = _check_table(annotations, ANNOTATION_COLUMNS, "annotations")
     res = _check_table(results, RESULT_COLUMNS, "results")
     exc = _check_table(excluded, ANNOTATION_COLUMNS, "excluded") if excluded is not None else None
-    rates = np.asarray(fp_rates, dtype=np.float64).reshape(-1)
-    if rates.size == 0 or np.any(~np.isfinite(rates)) or np.any(rates <= 0):
-        raise ValueError(f"fp_rates must be positive FP-per-scan values, got {list(fp_rates)}.")
+    rates = _check_rates(fp_rates)
     if max_marks_per_scan is not None and max_marks_per_scan < 1:
         raise ValueError(f"max_marks_per_scan must be >= 1 or None, got {max_marks_per_scan}.")
     if n_bootstraps < 0:
@@ -346,112 +491,22 @@ def luna16_froc(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
 
-    # ---- scan list
-    if seriesuids is None:
-        sources = [ann["seriesuid"], res["seriesuid"]] + ([exc["seriesuid"]] if exc is not None else [])
-        scans = list(dict.fromkeys(u for arr in sources for u in arr.tolist()))
-    else:
-        listed = [str(u) for u in seriesuids]
-        scans = list(dict.fromkeys(listed))
-        if len(scans) != len(listed):
-            warnings.warn(
-                f"seriesuids lists {len(listed) - len(scans)} duplicate UID(s); each scan is counted once.",
-                stacklevel=2,
-            )
-    n_scans = len(scans)
-    if n_scans == 0:
-        raise ValueError("no scans to evaluate: seriesuids is empty and so are annotations and results.")
-    index = {u: i for i, u in enumerate(scans)}
-
-    # ---- marks: drop unlisted scans, apply the per-scan cap, sort by scan
-    m_scan = _scan_index(res["seriesuid"], index)
-    unlisted = int(np.count_nonzero(m_scan < 0))
-    if unlisted:
-        warnings.warn(
-            f"results has {unlisted} mark(s) on scans not in seriesuids; they are ignored.", stacklevel=2
-        )
-    m_prob_all = res["probability"]
-    valid = np.flatnonzero(m_scan >= 0)
-    order = valid[np.lexsort((-m_prob_all[valid], m_scan[valid]))]
-    m_scan = m_scan[order]
-    m_prob = m_prob_all[order]
-    counts = np.bincount(m_scan, minlength=n_scans)
-    n_over_cap = 0
-    if max_marks_per_scan is not None and m_scan.size:
-        starts = np.cumsum(counts) - counts
-        over = np.flatnonzero(counts > max_marks_per_scan)
-        cut = np.full(n_scans, -np.inf)
-        cut[over] = m_prob[starts[over] + max_marks_per_scan]
-        keep = m_prob > cut[m_scan]
-        n_over_cap = int(m_prob.size - np.count_nonzero(keep))
-        order, m_scan, m_prob = order[keep], m_scan[keep], m_prob[keep]
-        counts = np.bincount(m_scan, minlength=n_scans)
-    m_xyz = _coords(res)[order]
-    m_starts = np.cumsum(counts) - counts
-    n_marks = int(m_scan.size)
-
-    # ---- included nodules of listed scans
-    n_scan_all = _scan_index(ann["seriesuid"], index)
-    n_keep = n_scan_all >= 0
-    n_scan = n_scan_all[n_keep]
-    n_xyz = _coords(ann)[n_keep]
-    diam = ann["diameter_mm"][n_keep]
-    n_r2 = (np.where(diam < 0.0, 10.0, diam) / 2.0) ** 2
-    n_nodules = int(n_scan.size)
-    if n_nodules == 0:
-        raise ValueError(
-            "annotations hold no nodule on the evaluated scans, so sensitivity is undefined; check that "
-            "annotations and seriesuids use the same series UIDs."
-        )
-
-    hit_nod, hit_mark = _hits(n_scan, n_xyz, n_r2, m_xyz, m_starts, counts)
-    mark_is_hit = np.zeros(n_marks, dtype=bool)
-    mark_is_hit[hit_mark] = True
-    hits_per_nodule = np.bincount(hit_nod, minlength=n_nodules)
-    nod_score = np.full(n_nodules, -np.inf)
-    np.maximum.at(nod_score, hit_nod, m_prob[hit_mark])
-    detected = hits_per_nodule > 0
-    n_several = int(np.count_nonzero(np.bincount(hit_mark, minlength=n_marks) > 1))
-    if n_several:
-        warnings.warn(
-            f"{n_several} mark(s) lie inside two or more nodules and count as a hit for each (as in the "
-            "published script); check for overlapping annotations.",
-            stacklevel=2,
-        )
-
-    on_excluded = np.zeros(n_marks, dtype=bool)
-    if exc is not None and exc["seriesuid"].size:
-        e_scan = _scan_index(exc["seriesuid"], index)
-        e_keep = e_scan >= 0
-        e_diam = exc["diameter_mm"][e_keep]
-        e_r2 = (np.where(e_diam < 0.0, 10.0, e_diam) / 2.0) ** 2
-        _, e_mark = _hits(e_scan[e_keep], _coords(exc)[e_keep], e_r2, m_xyz, m_starts, counts)
-        on_excluded[e_mark] = True
-    dropped = on_excluded & ~mark_is_hit
-    is_fp = ~mark_is_hit & ~on_excluded
+    m = _match_marks(ann, res, exc, seriesuids, max_marks_per_scan)
+    n_scans, n_nodules, n_scan, m_scan, m_prob = m.n_scans, m.n_nodules, m.nodule_scan, m.mark_scan, m.mark_prob
+    nod_score, detected, is_fp = m.nodule_score, m.detected, m.is_fp
 
     # ---- candidates for the FROC: detected nodules (label 1) and false positives (label 0)
     cand_score = np.concatenate([nod_score[detected], m_prob[is_fp]])
     cand_tp = np.concatenate([np.ones(int(detected.sum())), np.zeros(int(is_fp.sum()))])
     cand_scan = np.concatenate([n_scan[detected], m_scan[is_fp]])
-    srt = np.argsort(-cand_score, kind="stable")
+    srt, ends = _rank(cand_score)
     cand_score, cand_tp, cand_scan = cand_score[srt], cand_tp[srt], cand_scan[srt]
     cand_fp = 1.0 - cand_tp
-    # last index of every run of equal scores: one curve point per distinct threshold
-    if cand_score.size:
-        ends = np.flatnonzero(np.r_[cand_score[1:] != cand_score[:-1], True])
-    else:
-        ends = np.zeros(0, dtype=np.int64)
-
     tp_cum = np.cumsum(cand_tp)[ends]
     fp_cum = np.cumsum(cand_fp)[ends]
-    n_fp_total = float(fp_cum[-1]) if fp_cum.size else 0.0
-    fps, sens = _froc_curve(tp_cum, fp_cum, float(tp_cum[-1]) if tp_cum.size else 0.0, n_fp_total,
-                            n_nodules, n_scans)
-
-    grid = np.linspace(min(_GRID_MIN, float(rates.min())), max(_GRID_MAX, float(rates.max())), _GRID_NUM)
-    read_at = grid[np.argmin(np.abs(grid[None, :] - rates[:, None]), axis=1)]
-    sens_at = np.interp(read_at, fps, sens)
+    fps, sens = _froc_curve(tp_cum, fp_cum, float(tp_cum[-1]) if tp_cum.size else 0.0,
+                            float(fp_cum[-1]) if fp_cum.size else 0.0, n_nodules, n_scans)
+    grid, read_at, sens_at = _read_out(fps, sens, rates)
 
     kept = _thin(tp_cum, fp_cum)
     curve_idx = np.r_[0, kept + 1]
@@ -467,12 +522,12 @@ def luna16_froc(
         "n_nodules": n_nodules,
         "n_detected": int(detected.sum()),
         "n_false_positives": int(is_fp.sum()),
-        "n_marks": n_marks,
-        "n_marks_over_cap": n_over_cap,
-        "n_marks_on_excluded": int(dropped.sum()),
-        "n_extra_hits": int(np.sum(hits_per_nodule[detected] - 1)),
-        "n_marks_hitting_several_nodules": n_several,
-        "n_marks_unlisted_scan": unlisted,
+        "n_marks": m.n_marks,
+        "n_marks_over_cap": m.n_over_cap,
+        "n_marks_on_excluded": m.n_on_excluded,
+        "n_extra_hits": m.n_extra_hits,
+        "n_marks_hitting_several_nodules": m.n_several,
+        "n_marks_unlisted_scan": m.n_unlisted,
         "max_marks_per_scan": max_marks_per_scan,
         "max_sensitivity": float(sens[-1]),
         "max_fps_per_scan": float(fps[-1]),
@@ -486,6 +541,138 @@ def luna16_froc(
                        n_bootstraps, confidence, seed)
         )
     return out
+
+
+def size_stratum_names(size_edges: Sequence[float]) -> list[str]:
+    """Names of the strata cut by ``size_edges`` (mm, ascending): ``(10,)`` gives ``["under_10mm",
+    "10mm_or_more"]``, ``(6, 10)`` gives ``["under_6mm", "6_to_10mm", "10mm_or_more"]``."""
+    edges = [float(e) for e in size_edges]
+    if not edges:
+        return ["all"]
+    names = [f"under_{edges[0]:g}mm"]
+    names += [f"{a:g}_to_{b:g}mm" for a, b in zip(edges[:-1], edges[1:])]
+    return names + [f"{edges[-1]:g}mm_or_more"]
+
+
+def froc_sensitivity_by_size(
+    nodule_scores: Sequence[float] | np.ndarray,
+    nodule_diameters: Sequence[float] | np.ndarray,
+    fp_scores: Sequence[float] | np.ndarray,
+    n_scans: int,
+    size_edges: Sequence[float] = (10.0,),
+    fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+) -> dict[str, Any]:
+    """FROC sensitivity of each nodule-size stratum at fixed false-positive rates, on a shared FP axis.
+
+    The reference nodules are split by diameter into strata ``[0, e1), [e1, e2), ..., [ek, inf)``. Each
+    stratum gets its own FROC: the ROC of (its detected nodules' scores, *all* false-positive scores), with
+    FPs per scan = FPs / ``n_scans`` and sensitivity = detected / the stratum's nodules, read out as
+    :func:`luna16_froc` does (linear interpolation at the point of ``linspace(0.125, 8, 10001)`` nearest
+    each rate). The false positives are the same for every stratum, so "sensitivity at 1 FP/scan" of each
+    stratum is read at the same operating point as the overall figure. This equals :func:`luna16_froc` run
+    on one stratum's nodules with the other strata's nodules added to the excluded findings (a mark on a
+    nodule of another size is neither a hit nor a false positive).
+
+    Args:
+        nodule_scores: ``(N,)`` per reference nodule, the highest score among the marks that hit it; NaN or
+            ``-inf`` for a nodule no mark hit (it stays in its stratum's denominator).
+        nodule_diameters: ``(N,)`` diameter of each nodule in mm (finite), the stratification variable.
+        fp_scores: ``(K,)`` scores of the false-positive marks (marks that hit no nodule and no excluded
+            finding), over all scans.
+        n_scans: number of scans evaluated (the FP-rate denominator), >= 1.
+        size_edges: ascending cut points in mm; ``(10.0,)`` gives nodules under 10 mm and of 10 mm or more.
+        fp_rates: FPs per scan at which sensitivity is read.
+
+    Returns:
+        dict with ``size_edges_mm``, ``fp_rates``, ``n_scans``, ``n_false_positives``,
+        ``cpm_convention`` and ``strata``: ``{name: {"min_mm", "max_mm" (None when unbounded),
+        "n_nodules", "n_detected", "sensitivities" (one per rate; NaN for an empty stratum), "cpm"}}``,
+        names from :func:`size_stratum_names` (``under_10mm``, ``10mm_or_more``).
+
+    Raises:
+        ValueError: mismatched or non-finite inputs, ``n_scans < 1``, bad rates or unsorted edges.
+    """
+    scores = np.asarray(nodule_scores, dtype=np.float64).reshape(-1)
+    diam = np.asarray(nodule_diameters, dtype=np.float64).reshape(-1)
+    fp = np.asarray(fp_scores, dtype=np.float64).reshape(-1)
+    edges = np.asarray(size_edges, dtype=np.float64).reshape(-1)
+    rates = _check_rates(fp_rates)
+    if scores.size != diam.size:
+        raise ValueError(f"nodule_scores has {scores.size} values but nodule_diameters has {diam.size}.")
+    if not np.all(np.isfinite(diam)):
+        raise ValueError("nodule_diameters must be finite.")
+    if np.any(np.isnan(fp)) or np.any(np.isinf(fp)):
+        raise ValueError("fp_scores must be finite.")
+    if np.any(np.isposinf(scores)):
+        raise ValueError("nodule_scores must be finite, NaN or -inf (missed).")
+    if int(n_scans) < 1:
+        raise ValueError(f"n_scans must be >= 1, got {n_scans}.")
+    if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"size_edges must be finite and strictly increasing, got {list(size_edges)}.")
+    hit = np.isfinite(scores)
+    stratum = np.searchsorted(edges, diam, side="right")  # d < e1 -> 0, e1 <= d < e2 -> 1, ...
+    bounds = [None, *edges.tolist(), None]
+    strata: dict[str, Any] = {}
+    for k, name in enumerate(size_stratum_names(edges.tolist())):
+        members = stratum == k
+        n_nod = int(members.sum())
+        det = members & hit
+        entry: dict[str, Any] = {"min_mm": bounds[k], "max_mm": bounds[k + 1], "n_nodules": n_nod,
+                                 "n_detected": int(det.sum())}
+        if n_nod == 0:
+            entry.update(sensitivities=[math.nan] * rates.size, cpm=math.nan)
+        else:
+            cand = np.concatenate([scores[det], fp])
+            cand_tp = np.concatenate([np.ones(int(det.sum())), np.zeros(fp.size)])
+            srt, ends = _rank(cand)
+            tp_cum = np.cumsum(cand_tp[srt])[ends]
+            fp_cum = np.cumsum(1.0 - cand_tp[srt])[ends]
+            fps, sens = _froc_curve(tp_cum, fp_cum, float(tp_cum[-1]) if tp_cum.size else 0.0,
+                                    float(fp_cum[-1]) if fp_cum.size else 0.0, n_nod, int(n_scans))
+            sens_at = _read_out(fps, sens, rates)[2]
+            entry.update(sensitivities=[float(v) for v in sens_at], cpm=float(np.mean(sens_at)))
+        strata[name] = entry
+    return {
+        "size_edges_mm": [float(e) for e in edges],
+        "fp_rates": [float(r) for r in rates],
+        "n_scans": int(n_scans),
+        "n_false_positives": int(fp.size),
+        "cpm_convention": "linear interpolation",
+        "strata": strata,
+    }
+
+
+def luna16_froc_by_size(
+    annotations: Mapping[str, Any],
+    results: Mapping[str, Any],
+    seriesuids: Sequence[str] | None = None,
+    excluded: Mapping[str, Any] | None = None,
+    size_edges: Sequence[float] = (10.0,),
+    fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+    max_marks_per_scan: int | None = 100,
+) -> dict[str, Any]:
+    """LUNA16 FROC sensitivity per nodule-size stratum (e.g. under 10 mm and 10 mm or more).
+
+    Marks are matched to nodules and excluded findings exactly as in :func:`luna16_froc` (same cap, hit
+    rule, excluded findings and scan list); the matched scores then go through
+    :func:`froc_sensitivity_by_size`, stratified by each nodule's ``diameter_mm`` (a negative diameter is
+    read as 10 mm, as in the hit rule).
+
+    Args:
+        annotations, results, seriesuids, excluded, fp_rates, max_marks_per_scan: as :func:`luna16_froc`.
+        size_edges: ascending cut points in mm.
+
+    Returns:
+        The dict of :func:`froc_sensitivity_by_size`.
+    """
+    ann = _check_table(annotations, ANNOTATION_COLUMNS, "annotations")
+    res = _check_table(results, RESULT_COLUMNS, "results")
+    exc = _check_table(excluded, ANNOTATION_COLUMNS, "excluded") if excluded is not None else None
+    if max_marks_per_scan is not None and max_marks_per_scan < 1:
+        raise ValueError(f"max_marks_per_scan must be >= 1 or None, got {max_marks_per_scan}.")
+    m = _match_marks(ann, res, exc, seriesuids, max_marks_per_scan)
+    diam = np.where(m.nodule_diameter < 0.0, 10.0, m.nodule_diameter)
+    return froc_sensitivity_by_size(m.nodule_score, diam, m.mark_prob[m.is_fp], m.n_scans, size_edges, fp_rates)
 
 
 def _bootstrap(
