@@ -42,10 +42,13 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "MICRO_SHARE",
     "SyntheticSlide",
     "generate_camelyon16",
     "generate_panda",
     "make_slide",
+    "tumour_fraction_targets",
+    "tumour_share",
     "write_asap_xml",
     "write_pyramidal_tiff",
     "write_synthetic_slide",
@@ -58,8 +61,11 @@ _BACKGROUND = np.array([243.0, 242.0, 246.0], np.float32)
 _STROMA = np.array([236.0, 168.0, 200.0], np.float32)
 _STROMA_VAR = np.array([10.0, 26.0, 14.0], np.float32)
 _NUCLEUS = np.array([112.0, 78.0, 165.0], np.float32)
-_TUMOUR_CYTO = np.array([226.0, 152.0, 204.0], np.float32)
-_TUMOUR_NUCLEUS = np.array([88.0, 56.0, 146.0], np.float32)
+_LYMPH_STROMA = np.array([226.0, 170.0, 206.0], np.float32)
+_LYMPH_NUCLEUS = np.array([84.0, 60.0, 140.0], np.float32)
+_TUMOUR_CYTO = np.array([232.0, 171.0, 200.0], np.float32)  # about the stroma's
+_TUMOUR_NUCLEUS = np.array([96.0, 64.0, 150.0], np.float32)  # chromatin rim and nucleolus
+_TUMOUR_NUCLEUS_PALE = np.array([176.0, 140.0, 200.0], np.float32)  # vesicular centre
 _INKS = {
     "blue": np.array([40.0, 64.0, 165.0], np.float32),
     "green": np.array([44.0, 128.0, 74.0], np.float32),
@@ -67,9 +73,14 @@ _INKS = {
 }
 _SPECK = np.array([70.0, 62.0, 66.0], np.float32)
 
-# nuclei (in micrometres): cell spacing and radius, normal tissue vs tumour
+# nuclei (in micrometres): cell spacing and radius of normal tissue, lymphoid areas (lymphocytes) and tumour
 _NORMAL_CELL_UM, _NORMAL_R_UM = 15.0, 3.2
-_TUMOUR_CELL_UM, _TUMOUR_R_UM = 11.5, 4.0
+_LYMPH_CELL_UM, _LYMPH_R_UM = 8.0, 2.5
+_TUMOUR_CELL_UM, _TUMOUR_R_UM = 13.0, 4.8
+
+#: Camelyon16 tumour slides whose tumour covers under this share of the tissue are "micro" in the synthetic
+#: ``reference.csv`` (a share, because the synthetic sections are a few mm^2, not the real few cm^2).
+MICRO_SHARE = 0.01
 
 
 @dataclass
@@ -93,6 +104,12 @@ class SyntheticSlide:
     atypia: float = 1.0
     tumour_polygons: list[np.ndarray] = field(default_factory=list)
     """Tumour outlines as (K, 2) arrays of level-0 pixel ``(x, y)``."""
+    lymphoid: np.ndarray | None = None
+    """Weight in [0, 1] of lymphoid tissue (small, dense, dark nuclei) on the design grid; None: none."""
+    stain: np.ndarray | None = None
+    """Per-channel optical-density gain of the stain (3,), 1 = the reference colours; None: 1."""
+    tumour_fraction: float = 0.0
+    """Share of the tissue inside the tumour outlines (:func:`tumour_share`)."""
 
     @property
     def positive(self) -> bool:
@@ -115,16 +132,30 @@ class SyntheticSlide:
         tumour = _sample(self.tumour, gy, gx) * tissue
         tex = _sample(self.texture, gy, gx)
         px_um = d * self.mpp
-        stroma = _STROMA + tex[..., None] * _STROMA_VAR
+        pal = self._palette()
+        stroma = pal["stroma"] + tex[..., None] * pal["stroma_var"]
         colour = stroma
-        nuc_n = self._nuclei(uy, ux, _NORMAL_CELL_UM, _NORMAL_R_UM, px_um, salt=1)
-        colour = colour + nuc_n[..., None] * 0.85 * (_NUCLEUS - colour)
+        nuc_n = self._nuclei(uy, ux, _NORMAL_CELL_UM, _NORMAL_R_UM, px_um, salt=1)[0]
+        colour = colour + nuc_n[..., None] * 0.85 * (pal["nucleus"] - colour)
+        if self.lymphoid is not None:
+            lym = _sample(self.lymphoid, gy, gx)
+            if lym.max() > 0.0:
+                # lymphocytes: small, dense, dark, round nuclei on a slightly paler stroma
+                nuc_l = self._nuclei(uy, ux, _LYMPH_CELL_UM, _LYMPH_R_UM, px_um, salt=3, spread=0.35, jitter=0.22)[0]
+                lym_colour = pal["lymph_stroma"] + tex[..., None] * (0.5 * pal["stroma_var"])
+                lym_colour = lym_colour + nuc_l[..., None] * 0.9 * (pal["lymph_nucleus"] - lym_colour)
+                colour = colour + lym[..., None] * (lym_colour - colour)
         if tumour.max() > 0.0:
+            # tumour cells: large, pleomorphic, vesicular nuclei (pale centre, dark chromatin rim, a nucleolus)
+            # in a pale cytoplasm; their mean colour is that of lymphoid tissue, their texture is not
             a = float(np.clip(self.atypia, 0.0, 1.5))
-            cell = _TUMOUR_CELL_UM * (1.15 - 0.15 * a)
-            tum_colour = _TUMOUR_CYTO + tex[..., None] * (0.5 * _STROMA_VAR)
-            nuc_t = self._nuclei(uy, ux, cell, _TUMOUR_R_UM * (0.9 + 0.1 * a), px_um, salt=2)
-            tum_colour = tum_colour + nuc_t[..., None] * (0.75 + 0.2 * min(a, 1.0)) * (_TUMOUR_NUCLEUS - tum_colour)
+            cov, inner, nucleolus = self._nuclei(
+                uy, ux, _TUMOUR_CELL_UM * (1.1 - 0.1 * a), _TUMOUR_R_UM * (0.7 + 0.3 * a), px_um, salt=2,
+                spread=0.3 + 0.5 * min(a, 1.0), jitter=0.35, search=1, vesicular=True)
+            nuc_colour = pal["tumour_nucleus"] + inner[..., None] * (pal["tumour_nucleus_pale"] - pal["tumour_nucleus"])
+            nuc_colour = nuc_colour + nucleolus[..., None] * (pal["tumour_nucleus"] - nuc_colour)
+            tum_colour = pal["tumour_cyto"] + tex[..., None] * (0.5 * pal["stroma_var"])
+            tum_colour = tum_colour + cov[..., None] * 0.85 * (nuc_colour - tum_colour)
             colour = colour + tumour[..., None] * (tum_colour - colour)
         out = _BACKGROUND + tissue[..., None] * (colour - _BACKGROUND)
         if ink.max() > 0.0:
@@ -133,26 +164,68 @@ class SyntheticSlide:
         out = out + noise
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
-    def _nuclei(self, uy: np.ndarray, ux: np.ndarray, cell_um: float, r_um: float, px_um: float,
-                salt: int) -> np.ndarray:
-        """Nucleus coverage in [0, 1]: one jittered disc per cell of a regular grid (a one-cell Worley
-        pattern), antialiased by the pixel size; where a pixel is larger than a nucleus, the mean
-        coverage of the cell instead (what a downsampled pyramid level shows)."""
+    def _palette(self) -> dict[str, np.ndarray]:
+        """The slide's colours: the reference colours with the slide's stain strength (each channel's optical
+        density, ``-log(colour / background)``, scaled by ``stain``)."""
+        pal = getattr(self, "_pal", None)
+        if pal is None:
+            ref = {"stroma": _STROMA, "nucleus": _NUCLEUS, "lymph_stroma": _LYMPH_STROMA,
+                   "lymph_nucleus": _LYMPH_NUCLEUS, "tumour_cyto": _TUMOUR_CYTO, "tumour_nucleus": _TUMOUR_NUCLEUS,
+                   "tumour_nucleus_pale": _TUMOUR_NUCLEUS_PALE}
+            gain = np.ones(3, np.float32) if self.stain is None else np.asarray(self.stain, np.float32)
+            pal = {k: (_BACKGROUND * np.power(v / _BACKGROUND, gain)).astype(np.float32) for k, v in ref.items()}
+            pal["stroma_var"] = _STROMA_VAR * gain
+            self._pal = pal
+        return pal
+
+    def _nuclei(self, uy: np.ndarray, ux: np.ndarray, cell_um: float, r_um: float, px_um: float, salt: int,
+                spread: float = 0.5, jitter: float = 0.3, search: int = 0,
+                vesicular: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Nucleus coverage in [0, 1]: one jittered disc per cell of a regular grid (a Worley pattern),
+        antialiased by the pixel size; where a pixel is larger than a nucleus, the mean coverage of the cell
+        instead (what a downsampled pyramid level shows).
+
+        Args:
+            cell_um, r_um: cell spacing and mean nucleus radius in micrometres.
+            spread: nucleus radii vary uniformly within ``1 -+ spread / 2`` of ``r_um`` (pleomorphism).
+            jitter: nucleus centres lie within ``0.5 -+ jitter`` of their cell.
+            search: also look at the nuclei of cells this many cells away (1: the 3 x 3 neighbourhood), so
+                nuclei larger than their cell are not cut at the cell border.
+            vesicular: also return the pale centre (within 0.6 of the radius) and a nucleolus (0.9 um) of
+                the nuclei, as coverages; None otherwise.
+        """
         if px_um > 1.2 * r_um:
-            return np.full((uy.size, ux.size), 0.9 * math.pi * r_um**2 / cell_um**2, np.float32)
+            mean = min(0.9 * math.pi * r_um**2 * (1.0 + spread**2 / 12.0) / cell_um**2, 0.95)
+            cov = np.full((uy.size, ux.size), mean, np.float32)
+            if not vesicular:
+                return cov, None, None
+            return cov, np.full_like(cov, 0.36), np.zeros_like(cov)
         yu, xu = uy * self.mpp, ux * self.mpp  # micrometres
-        iy, ix = np.floor(yu / cell_um).astype(np.int64), np.floor(xu / cell_um).astype(np.int64)
-        h = _hash2(iy[:, None], ix[None, :], self.seed * 7919 + salt)
-        jy = 0.2 + 0.6 * ((h & 0xFFFF).astype(np.float32) / 65535.0)
-        jx = 0.2 + 0.6 * (((h >> 16) & 0xFFFF).astype(np.float32) / 65535.0)
-        with np.errstate(over="ignore"):
-            size_bits = ((h * np.uint64(2654435761)) >> np.uint64(40)) & np.uint64(0xFF)
-        size = 0.75 + 0.5 * size_bits.astype(np.float32) / 255.0
-        dy = (yu - iy * cell_um)[:, None] / cell_um - jy
-        dx = (xu - ix * cell_um)[None, :] / cell_um - jx
-        dist_um = np.sqrt(dy * dy + dx * dx) * cell_um
+        iy0, ix0 = np.floor(yu / cell_um).astype(np.int64), np.floor(xu / cell_um).astype(np.int64)
         soft = max(px_um, 0.5)
-        return np.clip((r_um * size - dist_um) / soft + 0.5, 0.0, 1.0).astype(np.float32)
+        cov = inner = nucleolus = None
+        for oy in range(-search, search + 1):
+            for ox in range(-search, search + 1):
+                iy, ix = iy0 + oy, ix0 + ox
+                h = _hash2(iy[:, None], ix[None, :], self.seed * 7919 + salt)
+                jy = 0.5 - jitter + 2.0 * jitter * ((h & 0xFFFF).astype(np.float32) / 65535.0)
+                jx = 0.5 - jitter + 2.0 * jitter * (((h >> 16) & 0xFFFF).astype(np.float32) / 65535.0)
+                with np.errstate(over="ignore"):
+                    size_bits = ((h * np.uint64(2654435761)) >> np.uint64(40)) & np.uint64(0xFF)
+                size = 1.0 - spread / 2.0 + spread * size_bits.astype(np.float32) / 255.0
+                dy = (yu - iy * cell_um)[:, None] / cell_um - jy
+                dx = (xu - ix * cell_um)[None, :] / cell_um - jx
+                dist_um = np.sqrt(dy * dy + dx * dx) * cell_um
+                r = r_um * size
+                c = np.clip((r - dist_um) / soft + 0.5, 0.0, 1.0).astype(np.float32)
+                cov = c if cov is None else np.maximum(cov, c)
+                if vesicular:
+                    i = np.clip((0.6 * r - dist_um) / soft + 0.5, 0.0, 1.0).astype(np.float32)
+                    has = (((h >> np.uint64(48)) & np.uint64(0xFF)) < np.uint64(180)).astype(np.float32)  # ~70 %
+                    n = np.clip((0.9 - dist_um) / soft + 0.5, 0.0, 1.0).astype(np.float32) * has
+                    inner = i if inner is None else np.maximum(inner, i)
+                    nucleolus = n if nucleolus is None else np.maximum(nucleolus, n)
+        return cov, inner, nucleolus
 
 
 def _hash2(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
@@ -236,6 +309,49 @@ def _rasterise(polys: Sequence[np.ndarray], shape: tuple[int, int], step: int) -
     return out.reshape(hh, ww)
 
 
+def tumour_share(polygons: Sequence[np.ndarray], tissue: np.ndarray, step: int) -> float:
+    """Share of the tissue that lies inside the tumour outlines.
+
+    Args:
+        polygons: tumour outlines, (K, 2) arrays of level-0 pixel ``(x, y)`` (their union counts once).
+        tissue: tissue weight in [0, 1] on the design grid (cell centres at ``(k + 0.5) * step``).
+        step: level-0 pixels per design cell.
+
+    Returns:
+        ``area(tumour and tissue) / area(tissue)``: the tissue weight is summed over the design grid and,
+        inside each outline's bounding box, sampled bilinearly on a grid fine enough for the smallest outline
+        (at least 8 points across its mean radius), so small tumours are measured as exactly as large ones.
+    """
+    from matplotlib.path import Path as MplPath
+
+    tissue_area = float(np.asarray(tissue, np.float64).sum()) * step * step
+    if not polygons or tissue_area <= 0.0:
+        return 0.0
+    polys = [np.asarray(p, np.float64) for p in polygons]
+    paths = [MplPath(p) for p in polys]
+    inside_area = 0.0
+    for i, (poly, path) in enumerate(zip(polys, paths)):
+        x = poly[:, 0]
+        y = poly[:, 1]
+        area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+        g = float(min(step, max(math.sqrt(area / math.pi) / 8.0, 0.25)))
+        # midpoints of cells that tile the bounding box exactly (about g wide), so no edge strip is lost
+        nx = max(1, math.ceil((x.max() - x.min()) / g))
+        ny = max(1, math.ceil((y.max() - y.min()) / g))
+        gx, gy = (x.max() - x.min()) / nx, (y.max() - y.min()) / ny
+        xs = x.min() + (np.arange(nx) + 0.5) * gx
+        ys = y.min() + (np.arange(ny) + 0.5) * gy
+        pts = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+        inside = path.contains_points(pts)
+        for earlier in paths[:i]:  # the union: points already counted for an earlier outline
+            inside &= ~earlier.contains_points(pts)
+        if not inside.any():
+            continue
+        t = _sample(np.asarray(tissue, np.float32), ys / step - 0.5, xs / step - 0.5).reshape(-1)
+        inside_area += float(t[inside].sum()) * gx * gy
+    return inside_area / tissue_area
+
+
 def make_slide(
     height: int,
     width: int,
@@ -251,6 +367,9 @@ def make_slide(
     holes: bool = True,
     tissue: bool = True,
     design_um: float = 8.0,
+    tumour_fraction: float | None = None,
+    lymphoid: float = 0.0,
+    stain_jitter: float = 0.0,
 ) -> SyntheticSlide:
     """Lay out a synthetic slide: tissue pieces, holes, tumour polygons, pen strokes and dust specks.
 
@@ -262,14 +381,29 @@ def make_slide(
         tissue_shape: ``"section"`` (1-3 large rounded sections, as lymph nodes) or ``"cores"`` (2-4 thin
             elongated needle biopsies, as prostate cores).
         n_tumours: tumour regions on a positive slide (default 1-3).
-        tumour_radius_um: range of the tumour regions' mean radii.
+        tumour_radius_um: range of the tumour regions' mean radii (with ``tumour_fraction``: of their
+            relative sizes only).
         atypia: tumour appearance strength (graded slides: higher is denser, darker nuclei).
         pen_marks: number of ink strokes (default 0-2 at random).
         specks: number of dust specks on the glass (default 4-12).
         holes: punch small white holes (lumens, fat) into the tissue.
         tissue: False gives an empty slide (glass, specks and pen marks only).
         design_um: resolution of the layout fields in micrometres per cell.
+        tumour_fraction: on a tumour slide, scale the tumour regions together so that they cover this share
+            of the tissue (:func:`tumour_share`, to within 1 %; the share reached is
+            ``SyntheticSlide.tumour_fraction``), as real metastases cover a few percent of a lymph node
+            section or far less. None: the regions keep their drawn radii.
+        lymphoid: share of the tissue (about) drawn as lymphoid areas of small, dense, dark nuclei, blobs of
+            a few hundred micrometres: normal tissue whose mean colour matches the tumour's, so that telling
+            them apart takes nuclear size and texture, not colour.
+        stain_jitter: per-slide stain strength: each colour channel's optical density is scaled by a factor
+            drawn from ``1 -+ stain_jitter``.
+
+    Raises:
+        ValueError: an unknown ``tissue_shape``, or a ``tumour_fraction`` outside (0, 1).
     """
+    if tumour_fraction is not None and not 0.0 < float(tumour_fraction) < 1.0:
+        raise ValueError(f"tumour_fraction is a share of the tissue in (0, 1), got {tumour_fraction}")
     rng = np.random.default_rng(seed)
     step = max(1, int(round(design_um / mpp)))
     hh, ww = math.ceil(height / step), math.ceil(width / step)
@@ -324,6 +458,8 @@ def make_slide(
             cy, cx = inside[rng.integers(len(inside))]
             r_px = rng.uniform(*tumour_radius_um) / mpp
             polys.append(_star_polygon(rng, (cx + 0.5) * step, (cy + 0.5) * step, r_px))
+        if tumour_fraction is not None:
+            polys = _scale_to_share(polys, tissue_a, step, float(tumour_fraction))
         tumour_a = ndimage.gaussian_filter(_rasterise(polys, (hh, ww), step).astype(np.float32), 0.7)
 
     ink_a = np.zeros((hh, ww), np.float32)
@@ -360,12 +496,58 @@ def make_slide(
         ink_a = np.maximum(ink_a, a)
 
     texture = np.clip(_smooth_noise(rng, (hh, ww), 1.2), -2.5, 2.5) * 0.5
+    # drawn last, so that slides without them keep the layout they always had
+    lymph_a = None
+    if tissue and lymphoid > 0.0:
+        blobs = _smooth_noise(rng, (hh, ww), max(1.0, 60.0 / um))  # blobs of a few hundred micrometres
+        in_tissue = tissue_a > 0.5
+        if in_tissue.any():
+            cut = float(np.quantile(blobs[in_tissue], 1.0 - min(float(lymphoid), 1.0)))
+            lymph_a = np.clip((blobs - cut) / 0.25 + 0.5, 0.0, 1.0).astype(np.float32)
+    stain = None
+    if stain_jitter > 0.0:
+        stain = rng.uniform(1.0 - stain_jitter, 1.0 + stain_jitter, 3).astype(np.float32)
     return SyntheticSlide(
         height=int(height), width=int(width), mpp=float(mpp), step=step, tissue=tissue_a,
         tumour=tumour_a.astype(np.float32), ink_alpha=ink_a.astype(np.float32),
         ink_rgb=ink_rgb.astype(np.float32), texture=texture.astype(np.float32), seed=int(seed),
-        atypia=float(atypia), tumour_polygons=polys,
+        atypia=float(atypia), tumour_polygons=polys, lymphoid=lymph_a, stain=stain,
+        tumour_fraction=tumour_share(polys, tissue_a, step) if polys else 0.0,
     )
+
+
+def _scale_to_share(polys: list[np.ndarray], tissue: np.ndarray, step: int, target: float,
+                    rtol: float = 0.01, max_iter: int = 30) -> list[np.ndarray]:
+    """Scale the outlines about their own centres, all by one factor, until they cover ``target`` of the
+    tissue (:func:`tumour_share` within ``rtol``). The share grows with the square of the factor while
+    the outlines lie in tissue, so a square-root update converges in a few steps; bisection takes over if
+    it does not.
+
+    Raises:
+        ValueError: the target cannot be reached (the tissue is too small to hold that much tumour).
+    """
+    centres = [p.mean(axis=0) for p in polys]
+
+    def scaled(f: float) -> list[np.ndarray]:
+        return [c + f * (p - c) for p, c in zip(polys, centres)]
+
+    lo, hi = 0.0, math.inf
+    f = 1.0
+    share = 0.0
+    for _ in range(max_iter):
+        share = tumour_share(scaled(f), tissue, step)
+        if abs(share / target - 1.0) <= rtol:
+            return scaled(f)
+        if share < target:
+            lo = f
+        else:
+            hi = f
+        nxt = f * math.sqrt(target / share) if share > 0.0 else f * 4.0
+        if not lo < nxt < hi:
+            nxt = (lo + hi) / 2.0 if math.isfinite(hi) else 2.0 * f
+        f = nxt
+    raise ValueError(f"could not size the tumour to {target:.4f} of the tissue (reached {share:.4f}); "
+                     "the slide has too little tissue for it")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -477,6 +659,33 @@ def _slide_size(rng: np.random.Generator, size: int | tuple[int, int], jitter: f
     return out[0], out[1]
 
 
+def tumour_fraction_targets(n: int, rng: np.random.Generator, fraction_range: tuple[float, float] = (0.003, 0.04),
+                            micro_share: float = 0.5) -> np.ndarray:
+    """Tumour shares of the tissue for ``n`` tumour slides, log-uniform within ``fraction_range``, and
+    stratified: ``ceil(micro_share * n)`` of them under :data:`MICRO_SHARE` (1 %), the others from 1 % up,
+    in random order. Camelyon16's tumour slides are mostly micro- and macro-metastases covering a few
+    percent of the tissue or far less; the strata make that hold on every draw, not only on average.
+
+    Raises:
+        ValueError: a range that does not straddle 1 % (with slides in both strata) or a share outside [0, 1].
+    """
+    lo, hi = (float(v) for v in fraction_range)
+    if not 0.0 < lo < hi < 1.0:
+        raise ValueError(f"tumour fraction range must satisfy 0 < low < high < 1, got {fraction_range}")
+    if not 0.0 <= micro_share <= 1.0:
+        raise ValueError(f"micro_share is a share of the tumour slides in [0, 1], got {micro_share}")
+    n_micro = math.ceil(micro_share * n - 1e-9)
+    if (n_micro and lo >= MICRO_SHARE) or (n - n_micro and hi <= MICRO_SHARE):
+        raise ValueError(f"tumour fraction range {fraction_range} leaves no room for {n_micro} slides under "
+                         f"{MICRO_SHARE:.0%} and {n - n_micro} from {MICRO_SHARE:.0%} up")
+    micro_hi = 0.97 * MICRO_SHARE  # clear of 1 %: the sizing reaches its target within 1 %
+    log_u = [rng.uniform(math.log(lo), math.log(micro_hi)) for _ in range(n_micro)]
+    log_u += [rng.uniform(math.log(MICRO_SHARE), math.log(hi)) for _ in range(n - n_micro)]
+    out = np.exp(np.asarray(log_u, np.float64))
+    rng.shuffle(out)
+    return out
+
+
 def generate_camelyon16(
     root: str | os.PathLike,
     n_train_normal: int = 12,
@@ -488,38 +697,69 @@ def generate_camelyon16(
     size_jitter: float = 0.15,
     seed: int = 0,
     compression_level: int = 1,
-    tumour_radius_um: tuple[float, float] = (120.0, 450.0),
+    tumour_fraction: tuple[float, float] = (0.003, 0.04),
+    micro_share: float = 0.5,
+    n_tumours: tuple[int, int] = (1, 2),
+    tumour_radius_um: tuple[float, float] | None = None,
     atypia_range: tuple[float, float] = (0.6, 1.0),
+    lymphoid: tuple[float, float] = (0.15, 0.35),
+    stain_jitter: float = 0.08,
     **slide_kwargs: Any,
 ) -> dict[str, Any]:
     """Write synthetic slides in the Camelyon16 layout.
 
     ``root/training/normal/normal_NNN.tif``, ``root/training/tumor/tumor_NNN.tif`` with
     ``root/training/lesion_annotations/tumor_NNN.xml``, ``root/testing/images/test_NNN.tif`` with
-    ``root/testing/reference.csv`` (``test_NNN,Tumor|Normal``, no header, as published) and
-    ``root/testing/lesion_annotations/test_NNN.xml`` for the tumour test slides. Level-0 resolution is
-    ``mpp`` (the real slides are ~0.24 um/px; 1.0 keeps CPU demos small); slide sides vary by
-    ``size_jitter`` and are multiples of 256. Tumour slides get 1-3 tumour regions with mean radii in
-    ``tumour_radius_um`` (the smallest cover a handful of patches, as micro-metastases) and an atypia drawn
-    from ``atypia_range`` (how much denser and darker than normal tissue the tumour nuclei are).
+    ``root/testing/reference.csv`` (``test_NNN,Tumor,Micro|Macro`` or ``test_NNN,Normal``, no header, as
+    published) and ``root/testing/lesion_annotations/test_NNN.xml`` for the tumour test slides. Level-0
+    resolution is ``mpp`` (the real slides are ~0.24 um/px; 1.0 keeps CPU demos small); slide sides vary by
+    ``size_jitter`` and are multiples of 256.
 
-    Returns a summary ``{"slides": [{"path", "label", "split", "annotation", "polygons"}], ...}``.
+    Every slide is a lymph-node-like section with lymphoid areas (a ``lymphoid`` share of the tissue drawn
+    per slide) and its own stain strength (``stain_jitter``). Tumour slides get ``n_tumours`` regions
+    (drawn per slide) whose union covers a share of the tissue drawn by :func:`tumour_fraction_targets`
+    (per split: log-uniform in ``tumour_fraction``, at least ``micro_share`` of the tumour slides under 1 %),
+    with an atypia from ``atypia_range`` (how large and pleomorphic the tumour nuclei are). In
+    ``reference.csv`` a tumour slide is ``Micro`` when its share is under 1 % (:data:`MICRO_SHARE`),
+    ``Macro`` otherwise.
+
+    Args:
+        tumour_radius_um: when given, the older, easier layout: 1-3 tumour regions with mean radii drawn
+            from this range, whatever share of the tissue they cover (``tumour_fraction``, ``micro_share``
+            and ``n_tumours`` are then not used); for tests of the pipeline rather than of the task.
+        slide_kwargs: passed to :func:`make_slide`.
+
+    Returns:
+        A summary ``{"layout", "mpp", "slides": [{"path", "label", "split", "name", "annotation", "size",
+        "tumour_fraction", ...}], "tumour_fraction": {...}}`` (also written as ``synthetic_summary.json``),
+        where ``tumour_fraction`` is each slide's measured share (:func:`tumour_share`) and the top-level
+        entry its distribution over the tumour slides.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
+    rng_t = np.random.default_rng([seed, 16])  # the tumour sizes, lymphoid areas and stains: own stream
     slides: list[dict[str, Any]] = []
     plan = ([("training", "normal", i + 1) for i in range(n_train_normal)]
             + [("training", "tumor", i + 1) for i in range(n_train_tumor)])
     test_labels = ["Tumor"] * n_test_tumor + ["Normal"] * n_test_normal
     rng.shuffle(test_labels)
     plan += [("testing", lab, i + 1) for i, lab in enumerate(test_labels)]
+    by_size = tumour_radius_um is None
+    targets = {split: iter(tumour_fraction_targets(n, rng_t, tumour_fraction, micro_share) if by_size else [])
+               for split, n in (("training", n_train_tumor), ("testing", n_test_tumor))}
     reference = []
     for k, (split, kind, idx) in enumerate(plan):
         positive = kind.lower() == "tumor"
         h, w = _slide_size(rng, size, size_jitter, 256)
         atypia = float(rng.uniform(*atypia_range))
+        extra: dict[str, Any] = {"lymphoid": float(rng_t.uniform(*lymphoid)), "stain_jitter": float(stain_jitter)}
+        if by_size:
+            extra["n_tumours"] = int(rng_t.integers(n_tumours[0], n_tumours[1] + 1))
+            extra["tumour_fraction"] = float(next(targets[split])) if positive else None
+        else:
+            extra["tumour_radius_um"] = tumour_radius_um
         s = make_slide(h, w, mpp=mpp, seed=seed * 100003 + k + 1, tumour=positive, tissue_shape="section",
-                       tumour_radius_um=tumour_radius_um, atypia=atypia, **slide_kwargs)
+                       atypia=atypia, **{**extra, **slide_kwargs})
         if split == "training":
             name = f"{kind}_{idx:03d}"
             path = root / "training" / kind / f"{name}.tif"
@@ -528,22 +768,37 @@ def generate_camelyon16(
             name = f"test_{idx:03d}"
             path = root / "testing" / "images" / f"{name}.tif"
             ann = root / "testing" / "lesion_annotations" / f"{name}.xml"
-            reference.append((name, kind))
+            reference.append((name, kind, s.tumour_fraction))
         write_synthetic_slide(s, path, compression_level=compression_level)
         if positive:
             write_asap_xml(s.tumour_polygons, ann)
         slides.append({"path": str(path), "label": int(positive), "split": split, "name": name,
-                       "annotation": str(ann) if positive else None, "size": [h, w]})
+                       "annotation": str(ann) if positive else None, "size": [h, w],
+                       "tumour_fraction": s.tumour_fraction, "tumour_regions": len(s.tumour_polygons),
+                       "atypia": atypia})
     if reference:
         ref = root / "testing" / "reference.csv"
         ref.parent.mkdir(parents=True, exist_ok=True)
         with open(ref, "w", newline="") as f:
             wr = csv.writer(f)
-            for name, kind in reference:
-                wr.writerow([name, kind] + (["Macro"] if kind == "Tumor" else []))
-    summary = {"layout": "camelyon16", "mpp": mpp, "slides": slides}
+            for name, kind, share in reference:
+                wr.writerow([name, kind] + ([("Micro" if share < MICRO_SHARE else "Macro")] if kind == "Tumor" else []))
+    shares = np.array([sl["tumour_fraction"] for sl in slides if sl["label"]], np.float64)
+    summary = {"layout": "camelyon16", "mpp": mpp, "slides": slides,
+               "tumour_fraction": _share_summary(shares)}
     (root / "synthetic_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary
+
+
+def _share_summary(shares: np.ndarray) -> dict[str, Any]:
+    """Distribution of the tumour slides' tumour shares of the tissue."""
+    if shares.size == 0:
+        return {"n_tumour_slides": 0}
+    return {"n_tumour_slides": int(shares.size), "min": float(shares.min()), "median": float(np.median(shares)),
+            "max": float(shares.max()), "under_1_percent": int((shares < MICRO_SHARE).sum()),
+            "under_5_percent": int((shares < 0.05).sum()),
+            "definition": "area inside the tumour outlines and in tissue / tissue area, from the generator's "
+                          "outlines and tissue field"}
 
 
 #: ISUP grade -> (tumour regions, radius range um, atypia) for the synthetic PANDA slides.
