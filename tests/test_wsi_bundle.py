@@ -31,15 +31,18 @@ from medbundle.data.synthetic_wsi import (  # noqa: E402
 BUNDLE = BUNDLES / "wsi_mil_classification"
 CFG = BUNDLE / "configs"
 META = ["--meta_file", str(CFG / "metadata.json"), "--logging_file", str(CFG / "logging.conf")]
-SMALL = ["--patch_size", "32", "--bag_size", "16"]
+SMALL = ["--patch_size", "32", "--bag_size", "16", "--patch_mpp", "2.0"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("wsi_bundle")
     data = root / "camelyon16"
+    # the easy layout (large tumours, no tumour-coloured lymphoid areas): this tests the pipeline in six CPU
+    # epochs; the demo (`medbundle demo`, benchmarks/demo_seeds.py) measures the hard task
     generate_camelyon16(data, n_train_normal=8, n_train_tumor=8, n_test_normal=4, n_test_tumor=4, size=1024,
-                        mpp=1.0, seed=5, tumour_radius_um=(150.0, 250.0), atypia_range=(0.8, 1.0))
+                        mpp=1.0, seed=5, tumour_radius_um=(150.0, 250.0), atypia_range=(0.8, 1.0),
+                        lymphoid=(0.0, 0.0))
     datalist = write_datalist(camelyon16_datalist(data, val_fraction=0.25, seed=0), root / "datalist.json")
     work = root / "bundle"
     proc = run_bundle(
@@ -158,7 +161,7 @@ def test_graded_panda_layout_reports_quadratic_kappa(tmp_path):
     work = tmp_path / "bundle"
     cfgs = [CFG / "train.json", CFG / "demo.json", CFG / "panda.json"]
     common = [*META, "--bundle_root", str(work), "--dataset_dir", str(data), "--datalist_file", str(datalist),
-              *SMALL, "--patch_mpp", "2.0"]
+              *SMALL]
     proc = run_bundle(["run", "training", "--config_file", config_list(*cfgs), *common, "--num_epochs", "4"])
     assert "val_kappa" in proc.stdout + proc.stderr
     run_bundle(["run", "evaluating", "--config_file", config_list(cfgs[0], CFG / "evaluate.json", *cfgs[1:]),

@@ -11,6 +11,7 @@ import torch
 
 from medbundle.losses.mil import (
     AttentionEntropyRegularisedLoss,
+    AttentionSupervisedLoss,
     OrdinalBCELoss,
     grade_from_class_probabilities,
     ordinal_class_probabilities,
@@ -124,6 +125,29 @@ def test_attention_entropy_and_regulariser():
     assert reg.last_entropy == pytest.approx(float(attention_entropy(net.last_attention).mean()))
     assert AttentionEntropyRegularisedLoss(base, net, 0.0)(pred, y).item() == pytest.approx(base(pred, y).item())
     assert "_network" not in dict(reg.named_modules())  # the network is not a submodule of the loss
+
+
+def test_attention_supervised_loss_is_the_cross_entropy_to_uniform_over_tumour_patches():
+    net = _tiny_mil().train()
+    base = torch.nn.CrossEntropyLoss()
+    sup = AttentionSupervisedLoss(base, net, weight=0.5)
+    x = torch.rand(2, 4, 3, 32, 32)
+    pred = net(x)
+    a = net.last_attention
+    # bag 0 (tumour): patches 1 and 2 tumour, patch 3 unknown; bag 1 (normal): no tumour patch
+    target = torch.tensor([[1.0, 0.0, 1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    known = a[0, :3].sum()
+    term = -(torch.log(a[0, 1] / known) + torch.log(a[0, 2] / known)) / 2
+    y = torch.tensor([1, 0])
+    torch.testing.assert_close(sup(pred, target), base(pred, y) + 0.5 * term)
+    assert sup.last_attention_loss == pytest.approx(float(term.detach()))
+    # slide labels only, or weight 0: the slide loss alone
+    torch.testing.assert_close(sup(pred, y), base(pred, y))
+    torch.testing.assert_close(AttentionSupervisedLoss(base, net, 0.0)(pred, target), base(pred, y))
+    # the term falls when attention moves onto the tumour patches
+    g = torch.autograd.grad(sup(pred, target), net.attention.attention_w.bias, allow_unused=True)[0]
+    assert g is None or torch.isfinite(g).all()
+    assert "_network" not in dict(sup.named_modules())
 
 
 def test_ordinal_coding_round_trip_and_class_probabilities():
@@ -297,6 +321,33 @@ def test_rand_bag_reads_distinct_tissue_patches(slide):
         np.testing.assert_array_equal(out["image"], read_patches(reader, wsi, grid, idx))
     big = RandBagd(bag_size=len(grid) + 5)({"grid": grid})
     assert set(big["patch_indices"].tolist()) == set(range(len(grid)))  # every patch, then repeats
+
+
+def test_patch_tumour_labels_bags_with_positives_and_bag_targets(slide, tmp_path):
+    from medbundle.data.pathology import points_in_annotations, read_asap_xml
+    from medbundle.data.synthetic_wsi import write_asap_xml
+    from medbundle.transforms.wsi import BagTargetd, PatchTumourLabelsd, RandBagd
+
+    path, grid, s = slide
+    ann = write_asap_xml(s.tumour_polygons, tmp_path / "slide.xml")
+    out = PatchTumourLabelsd()({"grid": grid, "label": 1, "annotation": str(ann)})
+    labels = out["patch_labels"]
+    inside = points_in_annotations(grid.centres_xy(), read_asap_xml(ann))
+    assert labels.shape == (len(grid),) and labels.dtype == np.int8
+    np.testing.assert_array_equal(labels == 1, inside)  # the evaluation's rule: centre inside
+    assert inside.sum() >= 2 and (labels == -1).sum() >= 1 and (labels == 0).sum() >= 1
+    assert (PatchTumourLabelsd()({"grid": grid, "label": 0})["patch_labels"] == 0).all()
+    assert (PatchTumourLabelsd()({"grid": grid, "label": 1})["patch_labels"] == -1).all()  # no outline: unknown
+
+    t = RandBagd(bag_size=8, positive_fraction=0.25)
+    t.set_random_state(0)
+    for _ in range(5):
+        bag = t({"grid": grid, "label": 1, "patch_labels": labels})
+        np.testing.assert_array_equal(bag["patch_labels"], labels[bag["patch_indices"]])
+        assert (bag["patch_labels"] == 1).sum() >= 2 and len(set(bag["patch_indices"].tolist())) == 8
+    target = BagTargetd()(bag)
+    assert "patch_labels" not in target and target["label"].shape == (9,)
+    assert target["label"][0] == 1 and torch.equal(target["label"][1:], torch.as_tensor(bag["patch_labels"]).float())
 
 
 def test_heatmap_geojson_and_mosaic(slide, tmp_path):

@@ -8,6 +8,10 @@
 - :class:`AttentionEntropyRegularisedLoss` adds ``weight x`` the mean normalised entropy of the
   attention of an attention-MIL network (:class:`medbundle.networks.mil.MILClassifier`) to a slide
   loss: a positive weight favours attention on few patches, a negative one spreads it.
+- :class:`AttentionSupervisedLoss` adds ``weight x`` the cross-entropy between the attention and the
+  uniform distribution over the annotated tumour patches of each tumour bag: every tumour patch is pushed
+  above every other patch of its slide, so the most attended patches are the tumour (the slide loss alone
+  only asks the pooled bag to be right, which a few tumour patches among hundreds rarely teach).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from torch import nn
 
 __all__ = [
     "AttentionEntropyRegularisedLoss",
+    "AttentionSupervisedLoss",
     "OrdinalBCELoss",
     "grade_from_class_probabilities",
+    "last_attention",
     "ordinal_class_probabilities",
     "ordinal_decode",
     "ordinal_encode",
@@ -96,6 +102,20 @@ class OrdinalBCELoss(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=self.pos_weight)
 
 
+def last_attention(network: nn.Module) -> torch.Tensor:
+    """The ``(B, N)`` attention of the network's latest forward pass (``network.last_attention``, set by
+    :meth:`medbundle.networks.mil.MILClassifier.forward`); a DDP-wrapped network is unwrapped.
+
+    Raises:
+        RuntimeError: the network kept no attention.
+    """
+    net = getattr(network, "module", network)
+    att = getattr(net, "last_attention", None)
+    if att is None:
+        raise RuntimeError("the network kept no attention (last_attention is None); is it a MILClassifier?")
+    return att
+
+
 class AttentionEntropyRegularisedLoss(nn.Module):
     """``loss(pred, target) + weight * mean(normalised attention entropy)``.
 
@@ -122,11 +142,61 @@ class AttentionEntropyRegularisedLoss(nn.Module):
         base = self.loss(pred, target)
         if self.weight == 0.0:
             return base
-        net = self._network[0]
-        net = getattr(net, "module", net)
-        att = getattr(net, "last_attention", None)
-        if att is None:
-            raise RuntimeError("the network kept no attention (last_attention is None); is it a MILClassifier?")
+        att = last_attention(self._network[0])
         ent = attention_entropy(att).mean()
         self.last_entropy = float(ent.detach())
         return base + self.weight * ent
+
+
+class AttentionSupervisedLoss(nn.Module):
+    """``loss(pred, slide target) + weight * mean over tumour bags of -mean_{tumour patches} log a_i``.
+
+    The target is ``(B,)`` slide labels (the term is off) or ``(B, 1 + N)`` ``[slide label, patch labels]``
+    as :class:`~medbundle.transforms.wsi.BagTargetd` writes it: patch label 1 = tumour, 0 = not,
+    -1 = unknown. The attention ``a`` is read from ``network.last_attention`` (as
+    :class:`AttentionEntropyRegularisedLoss` does) and renormalised over the known patches; the term is the
+    cross-entropy between it and the uniform distribution over the bag's tumour patches, so it is smallest
+    when every tumour patch, not only the easiest one, outranks every other patch. Bags without a tumour
+    patch add nothing to it (normal slides are left to the slide loss).
+
+    Args:
+        loss: the slide loss, called with the ``(B,)`` slide labels (long).
+        network: the MIL network whose attention is supervised.
+        weight: weight of the attention term; 0 switches it off.
+    """
+
+    def __init__(self, loss: nn.Module, network: nn.Module, weight: float = 1.0) -> None:
+        super().__init__()
+        self.loss = loss
+        self.weight = float(weight)
+        self._network = [network]  # not a registered submodule
+        self.last_attention_loss: float | None = None
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(target)
+        patch = None
+        if t.ndim == 2 and t.shape[1] > 1:
+            slide, patch = t[:, 0], t[:, 1:]
+        else:
+            slide = t.reshape(t.shape[0], -1)[:, 0] if t.ndim == 2 else t
+        if slide.is_floating_point():
+            slide = slide.round().long()
+        base = self.loss(pred, slide)
+        if self.weight == 0.0 or patch is None:
+            return base
+        pos = patch == 1
+        bags = pos.any(dim=1)
+        if not bool(bags.any()):
+            self.last_attention_loss = 0.0
+            return base
+        att = last_attention(self._network[0])
+        if att.shape != patch.shape:
+            raise ValueError(f"attention {tuple(att.shape)} and patch labels {tuple(patch.shape)} differ in shape")
+        a = att.float()
+        known = (patch >= 0).to(a.dtype)
+        log_a = a.clamp_min(1e-30).log() - (a * known).sum(dim=1, keepdim=True).clamp_min(1e-30).log()
+        posf = pos.float()
+        per_bag = -(log_a * posf).sum(dim=1) / posf.sum(dim=1).clamp_min(1.0)
+        term = per_bag[bags].mean()
+        self.last_attention_loss = float(term.detach())
+        return base + self.weight * term

@@ -10,7 +10,13 @@ These transforms fill those gaps:
   pixel, coordinate cache on disk). A slide that cannot be read, or has no tissue, raises an error naming
   the file, which :class:`~medbundle.data.DiskCacheDataset` (training) and
   :class:`~medbundle.data.SafeDataset` (inference) report and skip.
-- :class:`RandBagd` (training): draws ``bag_size`` tissue patches and reads them: uint8 ``(N, 3, P, P)``.
+- :class:`PatchTumourLabelsd` (deterministic, cached with the grid): per-patch tumour labels of a slide
+  from its lesion annotation (Camelyon16 ships outlines for its training tumour slides), for attention
+  supervision.
+- :class:`RandBagd` (training): draws ``bag_size`` tissue patches and reads them: uint8 ``(N, 3, P, P)``;
+  with patch labels, it can make sure a share of the bag is tumour patches.
+- :class:`BagTargetd` (training): folds the bag's patch labels into the target, ``[slide label, patch
+  labels...]``, for :class:`~medbundle.losses.mil.AttentionSupervisedLoss`.
 - :class:`RandDihedralBagd` (training, on tensors, any device): an independent random flip/90-degree
   rotation per patch.
 - :class:`BagFeaturesd` (feature mode, deterministic): embeds every tissue patch once with a frozen
@@ -43,7 +49,9 @@ from medbundle.data.wsi import SlideGrid, build_slide_grid, read_patches, wsi_re
 __all__ = [
     "SLIDE_GRID_META_KEY",
     "BagFeaturesd",
+    "BagTargetd",
     "OrdinalProbabilitiesd",
+    "PatchTumourLabelsd",
     "RandBagd",
     "RandDihedralBagd",
     "RandFeatureBagd",
@@ -208,20 +216,94 @@ def _sample(rng: np.random.RandomState, n: int, k: int) -> np.ndarray:
     return np.sort(np.concatenate([np.arange(n), rng.randint(0, n, size=k - n)]))
 
 
+def _sample_with_positives(rng: np.random.RandomState, labels: np.ndarray | None, k: int,
+                           positive_fraction: float) -> np.ndarray:
+    """``k`` indices of ``len(labels)``: up to ``ceil(positive_fraction * k)`` of the positive patches
+    (``labels == 1``, drawn without replacement), the rest drawn from all patches as :func:`_sample` does."""
+    n = len(labels) if labels is not None else 0
+    pos = np.flatnonzero(np.asarray(labels) == 1) if labels is not None and positive_fraction > 0 else np.empty(0, int)
+    if pos.size == 0 or n <= k:
+        return _sample(rng, n, k)
+    n_pos = min(pos.size, int(np.ceil(positive_fraction * k)))
+    chosen = rng.choice(pos, size=n_pos, replace=False)
+    rest = np.setdiff1d(np.arange(n), chosen, assume_unique=True)
+    others = rng.choice(rest, size=k - n_pos, replace=False)
+    return np.sort(np.concatenate([chosen, others]))
+
+
+class PatchTumourLabelsd(MapTransform):
+    """Per-patch tumour labels of a slide from its lesion annotation, for attention supervision.
+
+    Writes int8 ``(N,)`` to ``out_key``, one per grid patch: 1 where the patch centre lies inside a tumour
+    outline (the rule of the evaluation's attention localisation), 0 where no part of the patch does, and
+    -1 (ignored by :class:`~medbundle.losses.mil.AttentionSupervisedLoss`) where only part of it does
+    (``ignore_border``: a patch cut by the outline shows tumour without counting as tumour). Slides with
+    label 0 get all 0; tumour slides without an annotation get all -1 (unknown).
+
+    Args:
+        grid_key: the item's :class:`~medbundle.data.wsi.SlideGrid`.
+        annotation_key: the item's ASAP XML annotation path (Camelyon16 ``lesion_annotations``).
+        label_key: the slide label (0 = normal).
+        out_key: where the labels go.
+        ignore_border: mark patches that the outline cuts (a corner inside, the centre outside) -1.
+    """
+
+    def __init__(self, grid_key: str = "grid", annotation_key: str = "annotation", label_key: str = "label",
+                 out_key: str = "patch_labels", ignore_border: bool = True) -> None:
+        MapTransform.__init__(self, [grid_key])
+        self.grid_key = grid_key
+        self.annotation_key = annotation_key
+        self.label_key = label_key
+        self.out_key = out_key
+        self.ignore_border = bool(ignore_border)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medbundle.data.pathology import points_in_annotations, read_asap_xml
+
+        d = dict(data)
+        grid: SlideGrid = d[self.grid_key]
+        n = len(grid)
+        ann = d.get(self.annotation_key)
+        label = d.get(self.label_key)
+        if not ann:
+            positive = label is not None and int(np.asarray(label).reshape(-1)[0]) > 0
+            d[self.out_key] = np.full(n, -1 if positive else 0, np.int8)
+            return d
+        polys = read_asap_xml(ann)
+        centres = grid.centres_xy()
+        out = points_in_annotations(centres, polys).astype(np.int8)
+        if self.ignore_border and n:
+            half = grid.footprint / 2.0
+            for dx, dy in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+                corner = points_in_annotations(centres + np.array([dx * half, dy * half]), polys)
+                out[(out == 0) & corner] = -1
+        d[self.out_key] = out
+        return d
+
+
 class RandBagd(Randomizable, MapTransform):
     """Draw ``bag_size`` tissue patches of the item's grid and read them.
 
     Writes uint8 ``(bag_size, 3, P, P)`` to ``out_key`` and the drawn grid indices to
     ``"patch_indices"``; the grid is removed from the item (``drop_grid``) so the default collation works.
     A slide with fewer tissue patches than ``bag_size`` gives every patch once plus random repeats.
+
+    When the item has per-patch labels (``labels_key``, from :class:`PatchTumourLabelsd`), the drawn
+    patches' labels replace them, and ``positive_fraction`` > 0 puts up to ``ceil(positive_fraction *
+    bag_size)`` tumour patches into every bag of a tumour slide: a random bag of a slide whose tumour covers
+    a fraction of a percent of the tissue would otherwise hold no tumour at all on most steps, and its
+    "tumour" label would be noise.
     """
 
     def __init__(self, grid_key: str = "grid", out_key: str = "image", bag_size: int = 64,
-                 backend: str | None = None, drop_grid: bool = True, max_open: int = 8) -> None:
+                 backend: str | None = None, drop_grid: bool = True, max_open: int = 8,
+                 labels_key: str = "patch_labels", positive_fraction: float = 0.0) -> None:
         MapTransform.__init__(self, [grid_key])
         self.grid_key = grid_key
         self.out_key = out_key
         self.bag_size = int(bag_size)
+        self.labels_key = labels_key
+        self.positive_fraction = float(positive_fraction)
         self.backend = backend
         self.drop_grid = drop_grid
         self._slides: dict[str, SlideCache] = {}
@@ -238,7 +320,13 @@ class RandBagd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         grid: SlideGrid = d[self.grid_key]
-        idx = _sample(self.R, len(grid), self.bag_size)
+        labels = d.get(self.labels_key)
+        if labels is not None:
+            labels = np.asarray(labels)
+            idx = _sample_with_positives(self.R, labels, self.bag_size, self.positive_fraction)
+            d[self.labels_key] = labels[idx]
+        else:
+            idx = _sample(self.R, len(grid), self.bag_size)
         reader, wsi = self._cache(self.backend or grid.backend).get(grid.path)
         d[self.out_key] = read_patches(reader, wsi, grid, idx)
         d["patch_indices"] = idx
@@ -399,6 +487,27 @@ class RandFeatureBagd(Randomizable, MapTransform):
         d["patch_indices"] = idx
         if self.drop_grid:
             d.pop(self.grid_key)
+        return d
+
+
+class BagTargetd(MapTransform):
+    """Fold a bag's patch labels into its target: ``label_key`` becomes float ``(1 + N,)``, ``[slide label,
+    patch labels...]`` (-1: unknown), what :class:`~medbundle.losses.mil.AttentionSupervisedLoss` splits
+    again. Items without patch labels keep their label.
+    """
+
+    def __init__(self, label_key: str = "label", labels_key: str = "patch_labels") -> None:
+        MapTransform.__init__(self, [label_key])
+        self.label_key = label_key
+        self.labels_key = labels_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        patch = d.pop(self.labels_key, None)
+        if patch is None:
+            return d
+        slide = torch.as_tensor(np.asarray(d[self.label_key])).float().reshape(-1)[:1]
+        d[self.label_key] = torch.cat([slide, torch.as_tensor(np.asarray(patch)).float().reshape(-1)])
         return d
 
 
