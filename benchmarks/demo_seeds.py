@@ -8,6 +8,10 @@ over the seeds, the minutes per run, and whether every seed reached the target. 
 table into RESULTS.md. Run::
 
     python benchmarks/demo_seeds.py [BUNDLE ...] [--seeds 0 1 2] [--workdir DIR] [--write-results]
+    python benchmarks/demo_seeds.py --merge ct.json wsi.json ... [--write-results]
+
+``--merge`` combines the JSON reports of runs made one bundle at a time (or on several machines) into one
+report and one table, without running anything.
 
 About 4 x 3 demo runs: 30-60 minutes on 2 CPU cores.
 """
@@ -67,6 +71,27 @@ def run(bundles: list[str], seeds: list[int], workdir: Path, verbose: bool = Fal
     return report
 
 
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several: their bundles side by side (a later report's bundle replaces an earlier one).
+
+    Raises:
+        ValueError: the reports were measured on different seeds or machines, so one table would mislead.
+    """
+    if not reports:
+        raise ValueError("nothing to merge: give at least one JSON report of this script")
+    first = reports[0]
+    for r in reports[1:]:
+        if r["seeds"] != first["seeds"]:
+            raise ValueError(f"reports on different seeds cannot share a table: {first['seeds']} and {r['seeds']}")
+        if device_label(r["machine"]) != device_label(first["machine"]):
+            raise ValueError("reports from different machines cannot share a table: "
+                             f"{device_label(first['machine'])} and {device_label(r['machine'])}")
+    out = {"machine": first["machine"], "seeds": first["seeds"], "bundles": {}}
+    for r in reports:
+        out["bundles"].update(r["bundles"])
+    return out
+
+
 def _fmt(s: dict[str, Any], digits: int = 3) -> str:
     if not s["n"]:
         return "-"
@@ -99,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder, removed)")
     ap.add_argument("--verbose", action="store_true", help="print the demos' progress lines")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine these reports instead of running demos")
     args = ap.parse_args(argv)
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="medbundle_seeds_"))
-    try:
-        report = run(args.bundles, args.seeds, work, verbose=args.verbose)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
+    if args.merge:
+        report = merge([json.loads(Path(p).read_text()) for p in args.merge])
+    else:
+        work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="medbundle_seeds_"))
+        try:
+            report = run(args.bundles, args.seeds, work, verbose=args.verbose)
+        finally:
+            if not args.workdir:
+                shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=1, default=str))
     if args.write_results:
         replace_section("## Demo over seeds (benchmarks/demo_seeds.py)", markdown(report))
