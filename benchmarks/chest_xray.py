@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
 
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.synthetic import generate_chestxray14
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "ChestXray14"

@@ -105,8 +105,8 @@ def write_chestxray14_links(root: Path, n_images: int, distinct: int = 16, size:
     import numpy as np
     from PIL import Image
 
-    from medbundle.data.chestxray import CHESTXRAY14_FINDINGS
-    from medbundle.data.synthetic_xray import CHESTXRAY14_HEADER, render_chest_image
+    from medbundle.xray.adapters import CHESTXRAY14_FINDINGS
+    from medbundle.xray.synthetic import CHESTXRAY14_HEADER, render_chest_image
 
     done = root / ".complete"
     if done.is_file() and done.read_text() == str(n_images):
@@ -149,13 +149,13 @@ def write_volumes(kind: str, root: Path, n: int) -> Path:
         return root
     shutil.rmtree(root, ignore_errors=True)
     if kind == "ct":
-        from medbundle.data.synthetic_ct import generate_ct_dataset
+        from medbundle.ct.synthetic import generate_ct_dataset
 
         # about 340 x 340 x 240 mm at the recipe's 1.5 mm: 11.6 M voxels after resampling
         generate_ct_dataset(root, n_volumes=n, shape=(224, 224, 160), spacing=(1.5, 1.5, 1.5), n_dicom_series=0,
                             seed=0, test_fraction=6 / n, min_per_class=1)
     else:
-        from medbundle.data.synthetic_luna16 import generate_luna16
+        from medbundle.detection.synthetic import generate_luna16
 
         # 269 x 269 x 240 mm; resampled to the recipe's 0.703 x 0.703 x 1.25 mm: 382 x 382 x 192 voxels
         generate_luna16(root, n_scans=n, shape=(192, 192, 96), spacing=(1.4, 1.4, 2.5), n_subsets=5, seed=0)
@@ -205,7 +205,8 @@ def child_volume_memory(bundle: str, dataset_dir: str, work: str, n: str) -> dic
     over = {"bundle_root": work, "device": "$torch.device('cpu')",
             "train_datalist": f"$@datalist['training'][:{int(n)}]"}
     if bundle == "ct_volume_classification":
-        from medbundle.data.ct import synthetic_ct_datalist, write_datalist
+        from medbundle.ct.adapters import synthetic_ct_datalist
+        from medbundle.io.datalist import write_datalist
 
         over[key] = str(write_datalist(synthetic_ct_datalist(dataset_dir, val_fraction=0.05), Path(work) / "dl.json"))
     else:
@@ -316,7 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work / "chest512", ignore_errors=True)
         report["loader_512"] = _run_child("loader_512", str(cxr), str(work / "chest512"), str(args.items_512))
         shutil.rmtree(work / "chest512", ignore_errors=True)
-        from medbundle.data.synthetic_xray import generate_chestxray14
+        from medbundle.xray.synthetic import generate_chestxray14
 
         demo = work / "cxr_demo"
         if not (demo / "Data_Entry_2017.csv").is_file():

@@ -47,10 +47,11 @@ def summarise(values: list[float | None]) -> dict[str, Any]:
 def run(bundles: list[str], seeds: list[int], workdir: Path, verbose: bool = False) -> dict[str, Any]:
     import torch  # noqa: F401 - machine_info reads its version
 
-    from medbundle.demo import DEMOS, run_demo
+    from medbundle.demo import run_demo
+    from medbundle.recipes import recipe_names
 
     report: dict[str, Any] = {"machine": machine_info(), "seeds": seeds, "bundles": {}}
-    for name in bundles or list(DEMOS):
+    for name in bundles or recipe_names():
         rows = []
         for seed in seeds:
             t0 = time.perf_counter()

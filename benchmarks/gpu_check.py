@@ -43,7 +43,7 @@ BUNDLES = REPO / "bundles"
 
 # ------------------------------------------------------------------------------------------------ data
 def _chest_data(root: Path, tiny: bool) -> tuple[dict, dict, str]:
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.synthetic import generate_chestxray14
 
     generate_chestxray14(root, n_patients=24 if tiny else 96, size=64 if tiny else 1024, n_dicom=2, seed=0,
                          min_pos_per_split=1)
@@ -55,8 +55,9 @@ def _chest_data(root: Path, tiny: bool) -> tuple[dict, dict, str]:
 
 
 def _ct_data(root: Path, tiny: bool) -> tuple[dict, dict, str]:
-    from medbundle.data.ct import synthetic_ct_datalist, write_datalist
-    from medbundle.data.synthetic_ct import generate_ct_dataset
+    from medbundle.ct.adapters import synthetic_ct_datalist
+    from medbundle.ct.synthetic import generate_ct_dataset
+    from medbundle.io.datalist import write_datalist
 
     shape, spacing = ((48, 48, 40), (3.0, 3.0, 3.0)) if tiny else ((224, 224, 160), (1.5, 1.5, 1.5))
     generate_ct_dataset(root, n_volumes=12, shape=shape, spacing=spacing, n_dicom_series=0, seed=0,
@@ -67,7 +68,7 @@ def _ct_data(root: Path, tiny: bool) -> tuple[dict, dict, str]:
 
 
 def _luna_data(root: Path, tiny: bool) -> tuple[dict, dict, str]:
-    from medbundle.data.synthetic_luna16 import generate_luna16
+    from medbundle.detection.synthetic import generate_luna16
 
     shape, spacing = ((96, 96, 64), (1.4, 1.4, 2.5)) if tiny else ((384, 384, 192), (0.8, 0.8, 1.6))
     generate_luna16(root, n_scans=4, shape=shape, spacing=spacing, n_subsets=2, seed=0, nodules_per_scan=(1, 3))
@@ -76,8 +77,9 @@ def _luna_data(root: Path, tiny: bool) -> tuple[dict, dict, str]:
 
 
 def _wsi_data(root: Path, tiny: bool) -> tuple[dict, dict, str]:
-    from medbundle.data.pathology import camelyon16_datalist, write_datalist
-    from medbundle.data.synthetic_wsi import generate_camelyon16
+    from medbundle.io.datalist import write_datalist
+    from medbundle.pathology.adapters import camelyon16_datalist
+    from medbundle.pathology.synthetic import generate_camelyon16
 
     generate_camelyon16(root, n_train_normal=2, n_train_tumor=2, n_test_normal=1, n_test_tumor=1,
                         size=2048 if tiny else 8192, mpp=1.0 if tiny else 0.5, seed=0)

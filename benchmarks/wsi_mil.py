@@ -1,7 +1,7 @@
 """Benchmark the whole-slide MIL bundle's bag building and whole-slide inference.
 
 On one synthetic 40,000 x 40,000 pyramidal TIFF (0.25 um/px at level 0, the size of a large 40x slide;
-written once by ``medbundle.data.synthetic_wsi`` and kept in ``--slide``), in the same run:
+written once by ``medbundle.pathology.synthetic`` and kept in ``--slide``), in the same run:
 
 - **bag building** (the bundle's way): tissue detection on a low-resolution level, the patch grid at the
   requested resolution, then reading every tissue patch at the pyramid level that matches it
@@ -45,7 +45,7 @@ MPP0 = 0.25
 
 
 def ensure_slide(path: Path, size: int, seed: int) -> dict:
-    from medbundle.data.synthetic_wsi import make_slide, write_synthetic_slide
+    from medbundle.pathology.synthetic import make_slide, write_synthetic_slide
 
     info_path = path.with_suffix(".json")
     if path.is_file() and info_path.is_file():
@@ -65,7 +65,7 @@ def _rss_mb() -> float:
 
 
 def bench_bag_building(path: Path, backend: str, patch_size: int, mpp: float) -> dict:
-    from medbundle.data.wsi import build_slide_grid, open_slide, read_patches
+    from medbundle.pathology.reader import build_slide_grid, open_slide, read_patches
 
     t0 = time.perf_counter()
     grid = build_slide_grid(path, patch_size=patch_size, mpp=mpp, backend=backend, mask_mpp=8.0)
@@ -88,8 +88,8 @@ def bench_naive(path: Path, backend: str, patch_size: int, mpp: float, reads: in
                 seed: int = 0) -> dict:
     from PIL import Image
 
-    from medbundle.data.wsi import open_slide, slide_geometry
-    from medbundle.transforms.tissue import rgb_saturation
+    from medbundle.pathology.reader import open_slide, slide_geometry
+    from medbundle.pathology.tissue import rgb_saturation
 
     rng = np.random.default_rng(seed)
     with open_slide(path, backend) as (reader, wsi):
@@ -115,7 +115,7 @@ def bench_stock_tifffile_read(path: Path, level: int, size: int) -> dict:
     through the bundle's tiled subclass: time, peak memory, and whether the pixels are the same."""
     from monai.data import WSIReader
 
-    from medbundle.data.wsi import wsi_reader
+    from medbundle.pathology.reader import wsi_reader
 
     stock = WSIReader(backend="tifffile")
     wsi = stock.read(str(path))
@@ -139,9 +139,9 @@ def bench_stock_tifffile_read(path: Path, level: int, size: int) -> dict:
 
 
 def bench_inference(path: Path, backend: str, network: str, chunk: int) -> dict:
-    from medbundle.data.wsi import build_slide_grid
-    from medbundle.networks.mil import MILClassifier
-    from medbundle.wsi_inference import SlideMILInferer
+    from medbundle.pathology.inference import SlideMILInferer
+    from medbundle.pathology.networks import MILClassifier
+    from medbundle.pathology.reader import build_slide_grid
 
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if network == "recipe":

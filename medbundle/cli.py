@@ -103,12 +103,13 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from medbundle.bundle import bundle_dir
-    from medbundle.demo import DEMOS, run_demo
+    from medbundle.demo import run_demo
+    from medbundle.recipes import recipe_names
 
-    names = args.bundles or list(DEMOS)
+    names = args.bundles or recipe_names()
     workdir = Path(args.workdir).resolve()
     for n in names:
-        src = bundle_dir(n) if n in DEMOS else None
+        src = bundle_dir(n) if n in recipe_names() else None
         if src is not None and (workdir == src or src in workdir.parents):
             print(f"error: --workdir {workdir} is inside the bundle source {src}; choose another folder",
                   file=sys.stderr)
@@ -201,7 +202,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
 
 def _cmd_label_env(args: argparse.Namespace) -> int:
-    from medbundle.label import create_label_env
+    from medbundle.monailabel.app import create_label_env
 
     try:
         venv = create_label_env(args.venv)
@@ -215,7 +216,7 @@ def _cmd_label_env(args: argparse.Namespace) -> int:
 def _cmd_label_app(args: argparse.Namespace) -> int:
     import shlex
 
-    from medbundle.label import demo_app, server_command
+    from medbundle.monailabel.app import demo_app, server_command
 
     try:
         res = demo_app(args.workdir, args.label_env, args.bundles or None, retrain=args.retrain,
@@ -228,8 +229,30 @@ def _cmd_label_app(args: argparse.Namespace) -> int:
     print("start the server with:\n  " + shlex.join(cmd))
     for name in res["models"]:
         print(f"  curl -X POST 'http://127.0.0.1:{args.port}/infer/{name}?image={res['ids'][name]}&output=json'")
-    if res["ids"].get("cxr_train"):
-        print(f"class labels for /train: {res['labels']}/*.json ({len(res['ids']['cxr_train'])} chest X-rays)")
+    for key, studies in res["ids"].items():
+        if key.endswith(":labelled") and studies:
+            print(f"class labels for /train: {res['labels']}/*.json ({len(studies)} images of {key.split(':')[0]})")
+    return 0
+
+
+def _cmd_froc(args: argparse.Namespace) -> int:
+    """LUNA16 FROC/CPM from CSV files; prints the summary JSON. Exit 1 when an input file cannot be read or is
+    malformed (the message, naming the file, goes to stderr); bad arguments exit 2."""
+    from medbundle.metrics.froc import evaluate_luna16_files, summary
+    from medbundle.utils import to_jsonable
+
+    if args.bootstrap < 0 or args.max_marks < 1:
+        print("medbundle froc: error: --bootstrap must be >= 0 and --max-marks >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_luna16_files(
+            args.annotations, args.results, seriesuids_csv=args.seriesuids, excluded_csv=args.excluded,
+            out_dir=args.out, n_bootstraps=args.bootstrap, seed=args.seed, max_marks_per_scan=args.max_marks,
+        )
+    except (OSError, ValueError) as err:
+        print(f"medbundle froc: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(to_jsonable(summary(result)), indent=2))
     return 0
 
 
@@ -302,17 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chest X-rays added to the studies with class-label files in <workdir>/labels (for /train)")
     s.set_defaults(func=_cmd_label_app)
 
-    s = sub.add_parser("froc", help="LUNA16 FROC/CPM of a results CSV", add_help=False)
-    s.set_defaults(func=None)
+    s = sub.add_parser("froc", help="LUNA16 FROC/CPM of a results CSV",
+                       description="LUNA16 FROC: sensitivity at 1/8..8 FPs per scan and CPM (linear interpolation).")
+    add = s.add_argument
+    add("--annotations", required=True, help="annotations.csv (seriesuid,coordX,coordY,coordZ,diameter_mm)")
+    add("--results", required=True, help="CAD marks CSV (seriesuid,coordX,coordY,coordZ,probability)")
+    add("--excluded", default=None, help="annotations_excluded.csv (marks on these are ignored)")
+    add("--seriesuids", default=None, help="seriesuids.csv: the evaluated scans, one UID per line")
+    add("--out", default=None, help="folder for froc.json and froc.png")
+    add("--bootstrap", type=int, default=1000, help="scan bootstrap resamples for CIs (0: none)")
+    add("--seed", type=int, default=0, help="bootstrap seed")
+    add("--max-marks", type=int, default=100, help="marks kept per scan (highest probability)")
+    s.set_defaults(func=_cmd_froc)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "froc":
-        from medbundle.metrics.froc import froc_command
-
-        return froc_command(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -28,6 +28,7 @@ __all__ = [
     "destroy_process_group",
     "init_process_group",
     "is_distributed",
+    "is_rank0",
     "local_device",
     "rank_and_world_size",
 ]
@@ -45,6 +46,12 @@ def rank_and_world_size() -> tuple[int, int]:
     if is_distributed():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def is_rank0() -> bool:
+    """Whether this process is rank 0 of the initialised group (True without one): the process that writes
+    reports and logs."""
+    return rank_and_world_size()[0] == 0
 
 
 def init_process_group(backend: str = "gloo", timeout_s: float = 7 * 24 * 3600.0,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["AGGREGATIONS", "DetectorInferer", "SlidingWindowClassifier", "aggregate_logits", "window_starts"]
+__all__ = ["AGGREGATIONS", "SlidingWindowClassifier", "aggregate_logits", "window_starts"]
 
 AGGREGATIONS = ("mean", "max", "topk_mean")
 
@@ -64,7 +64,7 @@ class SlidingWindowClassifier(Inferer):
         aggregation: ``"mean"``, ``"max"`` or ``"topk_mean"`` (see :func:`aggregate_logits`).
         top_k: windows averaged by ``topk_mean``.
         pad_value: value used to pad a volume smaller than the window (after intensity scaling,
-            0 is air for the CT windows in :mod:`medbundle.transforms.ct`).
+            0 is air for the CT windows in :mod:`medbundle.ct.transforms`).
         activation: the space the windows are aggregated in. ``"none"`` aggregates raw logits.
             ``"softmax"`` turns each window into class probabilities, aggregates those, renormalises them
             to sum to 1 and returns their logarithm, so a following softmax gives the aggregated
@@ -140,36 +140,3 @@ class SlidingWindowClassifier(Inferer):
         return torch.stack([self.aggregate(self.window_logits(v, network, *args, **kwargs)) for v in inputs])
 
 
-class DetectorInferer(Inferer):
-    """Inferer that runs a MONAI ``RetinaNetDetector`` on a list of images, whole-scan by sliding window.
-
-    MONAI's inferers take a batched tensor and a network; a ``RetinaNetDetector`` takes a *list* of
-    ``(C, *spatial)`` images of any sizes and, with ``use_inferer=True``, runs the sliding-window inferer set by
-    ``detector.set_sliding_window_inferer(...)`` over each whole image, then decodes boxes, applies the score
-    threshold and NMS set by ``set_box_selector_parameters``. This class puts that call behind MONAI's
-    ``Inferer`` interface, so a bundle's ``inferer`` property is the detector's real inference path.
-
-    Parameters
-    ----------
-    detector
-        The ``RetinaNetDetector``.
-    use_inferer
-        None (default): use the sliding window when the detector has one set; True / False force it.
-
-    ``__call__(inputs, network=None)``: ``inputs`` is a list of ``(C, *spatial)`` tensors or a ``(B, C,
-    *spatial)`` tensor; ``network`` is ignored (the detector holds its network). Returns one dict per image
-    with the detector's box (``(K, 2 * spatial_dims)``, image voxels, ``xyzxyz``), label and score keys.
-    """
-
-    def __init__(self, detector: torch.nn.Module, use_inferer: bool | None = None) -> None:
-        super().__init__()
-        self.detector = detector
-        self.use_inferer = use_inferer
-
-    def __call__(self, inputs: Any, network: Callable | None = None, *args: Any, **kwargs: Any) -> list[dict]:
-        images = list(inputs) if isinstance(inputs, (list, tuple)) else list(torch.unbind(inputs, dim=0))
-        use = self.use_inferer
-        if use is None:
-            use = getattr(self.detector, "inferer", None) is not None
-        self.detector.eval()
-        return self.detector(images, use_inferer=bool(use))

@@ -474,7 +474,7 @@ def train_sampler(
 
     - ``balanced``: :class:`ClassBalancedSampler` over ``labels`` (default ``dataset.data[i][label_key]``,
       the items a ``DiskCacheDataset`` kept; pass ``labels`` when those hold label files, see
-      :mod:`medbundle.data.class_labels`); it splits its draws across ranks by itself when distributed.
+      :mod:`medbundle.io.class_labels`); it splits its draws across ranks by itself when distributed.
     - ``distributed`` only: MONAI's ``DistributedSampler`` (shuffled, evenly divisible shards).
     - neither: ``None`` (the data loader shuffles).
 

@@ -24,12 +24,13 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medbundle.bundle import RUN_STATE_FILES
+from medbundle.recipes import VerifyProfile, get_recipe
 
 __all__ = [
     "CheckResult",
@@ -69,16 +70,6 @@ class CheckResult:
     seconds: float = 0.0
 
 
-@dataclass
-class _Profile:
-    """How verify builds tiny synthetic data and which overrides keep the checks CPU-sized."""
-
-    make_data: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]] | None = None
-    net_overrides: dict[str, Any] = field(default_factory=dict)
-    export_overrides: dict[str, Any] = field(default_factory=dict)
-    workflow_overrides: dict[str, Any] = field(default_factory=dict)
-    example_shape: tuple[int, ...] | None = None  # input of the eager vs TorchScript comparison
-    note: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------- utilities
@@ -183,77 +174,15 @@ def validate_metadata(meta: dict) -> CheckResult:
                        "configs/metadata.json is valid (medbundle/schemas/metadata_schema.json)")
 
 
-# ------------------------------------------------------------------------------------------ synthetic data
 
 
-def _chest_data(root: Path) -> tuple[dict, dict]:
-    from medbundle.data.synthetic_xray import generate_chestxray14
-
-    data = root / "ChestXray14"
-    generate_chestxray14(data, n_patients=24, size=64, n_dicom=0, seed=0, min_pos_per_split=1)
-    return {"dataset_dir": str(data)}, {"dataset_dir": str(data / "images")}
-
-
-def _ct_data(root: Path) -> tuple[dict, dict]:
-    from medbundle.data.ct import synthetic_ct_datalist, write_datalist
-    from medbundle.data.synthetic_ct import generate_ct_dataset
-
-    data = root / "ct_volumes"
-    generate_ct_dataset(data, n_volumes=12, shape=(40, 40, 24), n_dicom_series=0, seed=0, min_per_class=1,
-                        write_masks=False)
-    dl = write_datalist(synthetic_ct_datalist(data, val_fraction=0.34, seed=0), root / "ct_datalist.json")
-    return ({"dataset_dir": str(data), "datalist_file": str(dl)},
-            {"dataset_dir": str(data / "volumes"), "datalist_file": str(dl)})
-
-
-def _luna_data(root: Path) -> tuple[dict, dict]:
-    from medbundle.data.synthetic_luna16 import generate_luna16
-
-    data = root / "LUNA16"
-    generate_luna16(data, n_scans=5, shape=(40, 40, 24), spacing=(2.0, 2.0, 3.0), n_subsets=5, seed=0,
-                    nodules_per_scan=(1, 1), diameter_range=(8.0, 12.0), excluded_per_scan=(0, 0))
-    return {"dataset_dir": str(data)}, {"dataset_dir": str(data / "subset0")}
-
-
-def _wsi_data(root: Path) -> tuple[dict, dict]:
-    from medbundle.data.pathology import camelyon16_datalist, write_datalist
-    from medbundle.data.synthetic_wsi import generate_camelyon16
-
-    data = root / "camelyon16"
-    generate_camelyon16(data, n_train_normal=2, n_train_tumor=2, n_test_normal=1, n_test_tumor=1, size=512,
-                        mpp=1.0, seed=0)
-    dl = write_datalist(camelyon16_datalist(data, val_fraction=0.5, seed=0), root / "wsi_datalist.json")
-    return ({"dataset_dir": str(data), "datalist_file": str(dl)},
-            {"dataset_dir": str(data / "testing" / "images"), "datalist_file": str(dl)})
-
-
-def _demo_values(bundle: Path, keys: Iterable[str]) -> dict[str, Any]:
-    demo = bundle / "configs" / "demo.json"
-    values = json.loads(demo.read_text()) if demo.is_file() else {}
-    return {k: values[k] for k in keys if k in values}
-
-
-def _profile(bundle: Path) -> _Profile:
-    name = bundle.name
-    if name == "chest_xray_classification":
-        return _Profile(_chest_data, workflow_overrides={"image_size": 48, "cache_rate": 0.0},
-                        example_shape=(2, 1, 64, 64), note="DenseNet121 as published")
-    if name == "ct_volume_classification":
-        small = {"resnet_depth": 10, "widen_factor": 0.5}
-        return _Profile(_ct_data, net_overrides=small, export_overrides=small,
-                        workflow_overrides={"cache_rate": 0.0, **small}, example_shape=(2, 1, 32, 32, 32),
-                        note="3D ResNet with resnet_depth=10, widen_factor=0.5 (published: ResNet50) to stay CPU-sized")
-    if name == "lung_nodule_ct_detection":
-        small = _demo_values(bundle, ("resnet_depth", "widen_factor", "fpn_channels", "conv1_t_size",
-                                      "conv1_t_stride"))
-        return _Profile(_luna_data, net_overrides=small, export_overrides=small,
-                        workflow_overrides={"cache_rate": 0.0, **small}, example_shape=(1, 1, 64, 64, 32),
-                        note="RetinaNet with the demo overlay's small backbone "
-                        + ", ".join(f"{k}={v}" for k, v in small.items()) + " (published: ResNet50)")
-    if name == "wsi_mil_classification":
-        return _Profile(_wsi_data, workflow_overrides={"cache_rate": 0.0}, example_shape=(9, 3, 64, 64),
-                        note="ResNet18 patch CNN + attention MIL as published")
-    return _Profile()
+def _profile(bundle: Path) -> VerifyProfile:
+    """The bundle's verify profile from its recipe; a bundle without a recipe is checked as published, without
+    the data-dependent checks."""
+    try:
+        return get_recipe(bundle.name).verify_profile()
+    except KeyError:
+        return VerifyProfile()
 
 
 # ----------------------------------------------------------------------------------------------- net checks
@@ -289,7 +218,7 @@ def _parse_net(bundle: Path, overrides: dict[str, Any]):
     return parser.get_parsed_content("network_def")
 
 
-def _check_net_in_out(bundle: Path, meta: dict, prof: _Profile) -> CheckResult:
+def _check_net_in_out(bundle: Path, meta: dict, prof: VerifyProfile) -> CheckResult:
     import torch
 
     if not _is_detector(meta, bundle):
@@ -333,7 +262,7 @@ def _check_net_in_out(bundle: Path, meta: dict, prof: _Profile) -> CheckResult:
                        f"{cls_key}/{box_key} with {levels} pyramid levels ({prof.note})")
 
 
-def _check_export(bundle: Path, meta: dict, prof: _Profile, tmp: Path) -> CheckResult:
+def _check_export(bundle: Path, meta: dict, prof: VerifyProfile, tmp: Path) -> CheckResult:
     import torch
     from monai.bundle import ckpt_export
 
@@ -361,7 +290,7 @@ def _check_export(bundle: Path, meta: dict, prof: _Profile, tmp: Path) -> CheckR
                        f"outputs equal eager on a random input (freshly initialised weights; {prof.note})")
 
 
-def _check_properties(bundle: Path, kind: str, prof: _Profile, tmp: Path, data: dict) -> CheckResult:
+def _check_properties(bundle: Path, kind: str, prof: VerifyProfile, tmp: Path, data: dict) -> CheckResult:
     from monai.bundle import ConfigWorkflow
 
     config = "train.json" if kind == "train" else "inference.json"

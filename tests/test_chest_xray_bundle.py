@@ -14,8 +14,9 @@ import torch
 from conftest import BUNDLES, config_list, run_bundle
 from monai.bundle import ConfigWorkflow
 
-from medbundle.data.chestxray import CHESTXRAY14_FINDINGS, chestxray14_datalist, write_datalist
-from medbundle.data.synthetic_xray import generate_chestxray14
+from medbundle.io.datalist import write_datalist
+from medbundle.xray.adapters import CHESTXRAY14_FINDINGS, chestxray14_datalist
+from medbundle.xray.synthetic import generate_chestxray14
 
 BUNDLE = BUNDLES / "chest_xray_classification"
 CFG = BUNDLE / "configs"

@@ -1,4 +1,4 @@
-"""Tests of medbundle.data.chestxray (ChestX-ray14 / CheXpert adapters) and medbundle.data.synthetic_xray."""
+"""Tests of medbundle.xray.adapters (ChestX-ray14 / CheXpert adapters) and medbundle.xray.synthetic."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medbundle.data.chestxray import (
+from medbundle.io.datalist import load_datalist, write_datalist
+from medbundle.io.dicom import XrayDicomReader
+from medbundle.xray.adapters import (
     CHESTXRAY14_FINDINGS,
     CHEXPERT_COMPETITION,
     chestxray14_datalist,
     chexpert_datalist,
-    load_datalist,
     read_chestxray14_entries,
-    write_datalist,
 )
-from medbundle.data.synthetic_xray import (
+from medbundle.xray.synthetic import (
     _CELLS,
     _GRID,
     CHESTXRAY14_HEADER,
@@ -28,7 +28,6 @@ from medbundle.data.synthetic_xray import (
     render_chest_image,
     write_xray_dicom,
 )
-from medbundle.transforms import XrayDicomReader
 
 HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

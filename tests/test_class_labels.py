@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from medbundle.data.class_labels import read_class_label, resolve_class_labels, write_class_label
+from medbundle.io.class_labels import read_class_label, resolve_class_labels, write_class_label
+from medbundle.monailabel.transforms import LoadClassLabeld
 from medbundle.sampling import label_counts, train_sampler
-from medbundle.transforms.label import LoadClassLabeld
 
 CXR = ["Atelectasis", "Cardiomegaly", "Effusion", "Pleural_Thickening"]
 CT = ["normal", "consolidation"]

@@ -94,7 +94,7 @@ def test_demo_runs_the_readme_path_end_to_end(tmp_path, capsys):
 
 def test_demo_seed_draws_data_split_and_training_and_repeats_exactly(tmp_path, capsys):
     """One --seed drives the synthetic data, the split and the training; the same seed gives the same metrics."""
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.synthetic import generate_chestxray14
 
     work = tmp_path / "demo"
     args = ["demo", "chest_xray_classification", "--workdir", str(work), "--seed", "1",
@@ -125,7 +125,7 @@ def test_label_app_without_a_monai_label_environment_says_how_to_make_one(tmp_pa
 
 
 def test_label_env_requirement_names():
-    from medbundle.label import _requirement_name
+    from medbundle.monailabel.app import _requirement_name
 
     assert _requirement_name("monai[fire,itk]>=1.4.0") == "monai"
     assert _requirement_name('sam2>=0.4.1; python_version >= "3.10"') == "sam2"

@@ -16,8 +16,9 @@ import torch
 from conftest import BUNDLES, config_list, run_bundle
 from monai.bundle import ConfigWorkflow
 
-from medbundle.data.ct import synthetic_ct_datalist, write_datalist
-from medbundle.data.synthetic_ct import generate_ct_dataset
+from medbundle.ct.adapters import synthetic_ct_datalist
+from medbundle.ct.synthetic import generate_ct_dataset
+from medbundle.io.datalist import write_datalist
 from medbundle.networks import ResNetClassifier
 
 BUNDLE = BUNDLES / "ct_volume_classification"
@@ -111,7 +112,7 @@ def test_inference_dicom_series_equals_nifti_and_gradcam_is_aligned(trained, tmp
 
 def test_metaimage_input_equals_nifti(trained, tmp_path):
     """The same scan as MetaImage (LPS header, as LUNA16 writes it) and as NIfTI gives the same prediction."""
-    from medbundle.data.metaimage import write_mhd
+    from medbundle.io.metaimage import write_mhd
 
     data, _, work, summary, _ = trained
     case = summary["dicom_cases"][0]

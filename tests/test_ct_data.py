@@ -1,4 +1,4 @@
-"""Tests of medbundle.data.synthetic_ct (generator) and medbundle.data.ct (CSV / synthetic / MedMNIST 3D)."""
+"""Tests of medbundle.ct.synthetic (generator) and medbundle.ct.adapters (CSV / synthetic / MedMNIST 3D)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,10 @@ import pytest
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, Spacing
 from scipy import ndimage
 
-from medbundle.data.ct import (
-    case_id_from_path,
-    csv_datalist,
-    load_datalist,
-    medmnist3d_datalist,
-    synthetic_ct_datalist,
-    write_datalist,
-)
-from medbundle.data.synthetic_ct import generate_ct_dataset, render_ct_volume
+from medbundle.ct.adapters import case_id_from_path, csv_datalist, medmnist3d_datalist, synthetic_ct_datalist
+from medbundle.ct.synthetic import generate_ct_dataset
+from medbundle.io.datalist import load_datalist, write_datalist
+from medbundle.phantoms import render_ct_volume
 
 SHAPE, SPACING = (40, 36, 24), (1.5, 1.5, 2.5)
 

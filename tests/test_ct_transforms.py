@@ -1,4 +1,4 @@
-"""Tests of medbundle.transforms.ct: CT windows, body masks and position-sorting DICOM series readers."""
+"""Tests of medbundle.ct.transforms: CT windows, body masks and position-sorting DICOM series readers."""
 
 from __future__ import annotations
 
@@ -9,17 +9,9 @@ from monai.data import MetaTensor, PydicomReader
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, LoadImaged, Orientation, ScaleIntensityRange
 from scipy import ndimage
 
-from medbundle.data.synthetic_ct import write_ct_dicom_series, write_nifti
-from medbundle.transforms.ct import (
-    WINDOW_PRESETS,
-    BodyMaskd,
-    CTImageReader,
-    CTSeriesReader,
-    CTWindowd,
-    body_mask,
-    ct_readers,
-    window_range,
-)
+from medbundle.ct.synthetic import write_ct_dicom_series, write_nifti
+from medbundle.ct.transforms import WINDOW_PRESETS, BodyMaskd, CTWindowd, body_mask, window_range
+from medbundle.io.ct_series import CTImageReader, CTSeriesReader, ct_readers
 
 
 # ----------------------------------------------------------------------------------------------------------

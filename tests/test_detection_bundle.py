@@ -19,13 +19,13 @@ from conftest import BUNDLES, config_list, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import Compose
 
-from medbundle.data.luna16 import luna16_datalist
-from medbundle.data.metaimage import read_mhd
-from medbundle.data.synthetic_ct import write_ct_dicom_series, write_nifti
-from medbundle.data.synthetic_luna16 import generate_luna16
-from medbundle.handlers.detection import corner_boxes_to_world
-from medbundle.metrics.froc import froc_command
-from medbundle.networks import retinanet_resnet_fpn
+from medbundle.cli import main as cli_main
+from medbundle.ct.synthetic import write_ct_dicom_series, write_nifti
+from medbundle.detection.boxes import corner_boxes_to_world
+from medbundle.detection.luna16 import luna16_datalist
+from medbundle.detection.networks import retinanet_resnet_fpn
+from medbundle.detection.synthetic import generate_luna16
+from medbundle.io.metaimage import read_mhd
 
 BUNDLE = BUNDLES / "lung_nodule_ct_detection"
 CFG = BUNDLE / "configs"
@@ -109,7 +109,7 @@ def test_evaluation_metrics_match_medbundle_froc_on_written_csv(trained, tmp_pat
     uids = work / "eval" / "detections" / "seriesuids.csv"
     assert sorted(uids.read_text().split()) == sorted(test_uids)
     out = tmp_path / "froc"
-    assert froc_command(["--annotations", str(data / "annotations.csv"), "--results", str(results),
+    assert cli_main(["froc", "--annotations", str(data / "annotations.csv"), "--results", str(results),
                          "--excluded", str(data / "annotations_excluded.csv"), "--seriesuids", str(uids),
                          "--out", str(out)]) == 0
     cli = json.loads((out / "froc.json").read_text())

@@ -15,17 +15,10 @@ from monai.data import MetaTensor
 from monai.handlers import CheckpointSaver
 from monai.networks.nets import resnet
 
-from medbundle.data.luna16 import image_to_world_boxes
-from medbundle.engines import DetectionEvaluator, DetectionTrainer, flatten_detection_batch
-from medbundle.handlers.detection import (
-    CPMMetric,
-    DetectionMetric,
-    DetectionReport,
-    DetectionWriter,
-    corner_boxes_to_world,
-    world_to_corner_boxes,
-)
-from medbundle.metrics.froc import read_luna16_results
+from medbundle.detection.boxes import corner_boxes_to_world, image_to_world_boxes, world_to_corner_boxes
+from medbundle.detection.engines import DetectionEvaluator, DetectionTrainer, flatten_detection_batch
+from medbundle.detection.handlers import CPMMetric, DetectionMetric, DetectionReport, DetectionWriter
+from medbundle.io.luna16_csv import read_luna16_results
 
 SIZE = 32
 AFFINE = np.array([[0.8, 0, 0, -40.0], [0, 0.8, 0, -30.0], [0, 0, 1.5, 100.0], [0, 0, 0, 1]])

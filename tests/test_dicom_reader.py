@@ -1,4 +1,4 @@
-"""Tests of medbundle.transforms.dicom (XrayDicomReader, XrayImageReader, xray_readers)."""
+"""Tests of medbundle.io.dicom (XrayDicomReader, XrayImageReader, xray_readers)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medbundle.data.synthetic_xray import DICOM_VARIANTS, write_xray_dicom
-from medbundle.transforms import XrayDicomReader, XrayImageReader, is_dicom_file, xray_readers
+from medbundle.io.dicom import XrayDicomReader, XrayImageReader, is_dicom_file, xray_readers
+from medbundle.xray.synthetic import DICOM_VARIANTS, write_xray_dicom
 
 
 def _picture(rows: int = 24, cols: int = 40) -> np.ndarray:

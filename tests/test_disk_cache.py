@@ -263,7 +263,7 @@ def test_prepare_command_fills_the_cache_training_reads(tmp_path, capsys):
     from monai.bundle import ConfigParser
 
     from medbundle.cli import main as cli_main
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.synthetic import generate_chestxray14
 
     data = tmp_path / "cxr"
     generate_chestxray14(data, n_patients=20, size=32, n_dicom=2, seed=0, min_pos_per_split=1)

@@ -15,16 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medbundle.metrics.froc import (
-    evaluate_luna16_files,
-    froc_command,
-    froc_sensitivity_by_size,
-    luna16_froc,
-    luna16_froc_by_size,
-    read_luna16_annotations,
-    read_luna16_results,
-    read_seriesuids,
-)
+from medbundle.cli import main as cli_main
+from medbundle.io.luna16_csv import read_luna16_annotations, read_luna16_results, read_seriesuids
+from medbundle.metrics.froc import evaluate_luna16_files, froc_sensitivity_by_size, luna16_froc, luna16_froc_by_size
 from medbundle.viz.froc import plot_froc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -430,7 +423,7 @@ def test_evaluate_files_writes_json_and_png(tmp_path):
 def test_froc_command_end_to_end(tmp_path, capsys):
     a, e, r, s = _hand_files(tmp_path)
     out = tmp_path / "cli"
-    rc = froc_command(["--annotations", a, "--excluded", e, "--seriesuids", s, "--results", r,
+    rc = cli_main(["froc", "--annotations", a, "--excluded", e, "--seriesuids", s, "--results", r,
                        "--out", str(out), "--bootstrap", "10"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
@@ -439,10 +432,10 @@ def test_froc_command_end_to_end(tmp_path, capsys):
     assert printed["n_scans"] == 4 and printed["n_bootstraps"] == 10
     assert (out / "froc.json").exists() and (out / "froc.png").exists()
     # no bootstrap, no output folder
-    assert froc_command(["--annotations", a, "--results", r, "--bootstrap", "0"]) == 0
+    assert cli_main(["froc", "--annotations", a, "--results", r, "--bootstrap", "0"]) == 0
     assert "cpm_ci" not in json.loads(capsys.readouterr().out)
     # a broken file: exit code 1 and a message naming the file and the column
     bad = _write(tmp_path / "broken.csv", "seriesuid,coordX,coordY,coordZ", [("A", 1, 2, 3)])
-    assert froc_command(["--annotations", a, "--results", bad, "--bootstrap", "0"]) == 1
+    assert cli_main(["froc", "--annotations", a, "--results", bad, "--bootstrap", "0"]) == 1
     err = capsys.readouterr().err
     assert "broken.csv" in err and "probability" in err

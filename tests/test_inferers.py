@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medbundle.ct.transforms import CropWeightMapd, dilate_box
 from medbundle.inferers import SlidingWindowClassifier, aggregate_logits, window_starts
-from medbundle.transforms.ct import CropWeightMapd, dilate_box
 
 
 def test_window_starts_cover_the_axis_and_end_at_the_edge():

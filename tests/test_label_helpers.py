@@ -1,4 +1,4 @@
-"""Unit tests of the MONAI Label helpers that run without MONAI Label (medbundle.label, transforms.label)."""
+"""Unit tests of the MONAI Label helpers that run without MONAI Label (medbundle.monailabel.app, transforms.label)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medbundle.label import BUNDLES_DIR, merged_config, prepare_model_dir
-from medbundle.transforms.label import ClassScoresd, DetectionResultd, StringItemsAsided
+from medbundle.bundle import bundle_dir
+from medbundle.monailabel.app import merged_config, prepare_model_dir
+from medbundle.monailabel.transforms import ClassScoresd, DetectionResultd, StringItemsAsided
 
 
 def test_class_scores_survive_a_spatial_restore_lookup():
@@ -44,7 +45,7 @@ def test_detection_result_sorted_with_world_boxes():
 
 
 def test_merged_config_applies_overlay_and_nested_overrides(tmp_path):
-    cfg = BUNDLES_DIR / "chest_xray_classification" / "configs"
+    cfg = bundle_dir("chest_xray_classification") / "configs"
     merged = merged_config(cfg / "inference.json", [cfg / "demo.json"],
                            {"image_size": 48, "network_def#spatial_dims": 2})
     assert merged["image_size"] == 48 and merged["save_gradcam"] is True

@@ -401,6 +401,8 @@ def test_build_loss_names_and_values(gen: torch.Generator) -> None:
         "weighted_ce",
         "softmax_focal",
         "class_balanced_ce",
+        "ohem_bce",
+        "ohem_ce",
     }
     x = torch.randn(4, 2, generator=gen)
     t = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])

@@ -1,4 +1,4 @@
-"""Tests of medbundle.data.metaimage, medbundle.data.synthetic_luna16 and medbundle.data.luna16."""
+"""Tests of medbundle.io.metaimage, medbundle.detection.synthetic and medbundle.detection.luna16."""
 
 from __future__ import annotations
 
@@ -19,22 +19,16 @@ from monai.transforms import (
     Orientationd,
 )
 
-from medbundle.data.luna16 import (
+from medbundle.detection.boxes import image_to_world_boxes, world_to_image_boxes
+from medbundle.detection.luna16 import (
     detections_to_luna16_rows,
     find_luna16_scans,
-    image_to_world_boxes,
     luna16_datalist,
-    world_to_image_boxes,
     write_luna16_results,
 )
-from medbundle.data.metaimage import CTMetaImageReader, MetaImageReader, luna16_readers, read_mhd, write_mhd
-from medbundle.data.synthetic_luna16 import (
-    LIDC_UID_PREFIX,
-    generate_luna16,
-    render_luna16_scan,
-    sample_nodule_diameters,
-)
-from medbundle.metrics.froc import read_luna16_annotations, read_luna16_results, read_seriesuids
+from medbundle.detection.synthetic import LIDC_UID_PREFIX, generate_luna16, render_luna16_scan, sample_nodule_diameters
+from medbundle.io.luna16_csv import read_luna16_annotations, read_luna16_results, read_seriesuids
+from medbundle.io.metaimage import CTMetaImageReader, MetaImageReader, luna16_readers, read_mhd, write_mhd
 
 SPACING, ORIGIN = (0.7, 0.8, 1.25), (-100.5, -120.25, -300.0)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,3 +152,52 @@ def test_topk_hard_example_loss() -> None:
         topk_hard_example_loss(loss, keep_fraction=0.0)
     with pytest.raises(ValueError, match="empty"):
         topk_hard_example_loss(torch.zeros(0), k=1)
+
+
+# ------------------------------------------------------------------- OHEM selectable in the classifiers' losses
+def test_ohem_bce_takes_the_gradient_from_the_hardest_terms_only() -> None:
+    """``build_loss("ohem_bce", keep_fraction=0.25)``: the value is the mean of the 25 % largest BCE terms (NaN
+    labels left out), and only those terms' logits get a gradient; plain BCE spreads it over every term."""
+    from medbundle.losses import build_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(8, 3, requires_grad=True)
+    target = (torch.rand(8, 3) > 0.5).float()
+    target[0, 0] = float("nan")
+    terms = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target), reduction="none")
+    valid = ~torch.isnan(target)
+    k = math.ceil(0.25 * int(valid.sum()))  # 23 labelled terms -> 6 kept
+    hardest = terms[valid].topk(k).values
+    loss = build_loss("ohem_bce", keep_fraction=0.25)(logits, target)
+    torch.testing.assert_close(loss, hardest.mean())
+    loss.backward()
+    with_grad = logits.grad != 0
+    assert int(with_grad.sum()) == k
+    assert (terms[with_grad] >= hardest.min() - 1e-6).all()  # the rows and classes that got gradient are the hardest
+    assert not with_grad[0, 0]  # the missing label never does
+
+    logits.grad = None
+    build_loss("bce")(logits, target).backward()
+    assert int((logits.grad != 0).sum()) == int(valid.sum())
+
+
+def test_ohem_ce_keeps_the_hardest_samples_of_the_batch() -> None:
+    from medbundle.losses import build_loss
+
+    torch.manual_seed(1)
+    logits = torch.randn(10, 4, requires_grad=True)
+    target = torch.randint(0, 4, (10,))
+    per_sample = F.cross_entropy(logits, target, reduction="none")
+    loss = build_loss("ohem_ce", multilabel=False, keep_fraction=0.3)(logits, target)
+    torch.testing.assert_close(loss, per_sample.topk(3).values.mean())
+    loss.backward()
+    rows = (logits.grad != 0).any(dim=1)
+    assert set(torch.nonzero(rows).flatten().tolist()) == set(per_sample.topk(3).indices.tolist())
+
+
+def test_ohem_loss_names_check_their_argument() -> None:
+    from medbundle.losses import LOSS_NAMES, build_loss
+
+    assert {"ohem_bce", "ohem_ce"} <= set(LOSS_NAMES)
+    with pytest.raises(ValueError, match="keep_fraction"):
+        build_loss("ohem_bce", keep_fraction=0.0)

@@ -5,7 +5,7 @@ lives in its own virtual environment: ``MEDBUNDLE_LABEL_VENV`` (default ``.venv-
 repository), made by ``medbundle label-env .venv-label`` (the README's test command does this); see
 ``docs/monailabel.md``. Without it these tests are skipped. The four bundles are trained here (main
 environment, ``python -m monai.bundle run training`` with the demo recipes), laid out in the app's
-``model/`` folder by :func:`medbundle.label.demo_app`, and the server is started on 127.0.0.1 on a free
+``model/`` folder by :func:`medbundle.monailabel.app.demo_app`, and the server is started on 127.0.0.1 on a free
 port. The tests call ``/info``, ``/infer`` for every bundle, ``PUT /datastore/label`` and ``/train``.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from medbundle.data.chestxray import CHESTXRAY14_FINDINGS
-from medbundle.data.class_labels import read_class_label
-from medbundle.label import demo_app, server_command
+from medbundle.io.class_labels import read_class_label
+from medbundle.monailabel.app import demo_app, server_command
+from medbundle.xray.adapters import CHESTXRAY14_FINDINGS
 
 VENV = Path(os.environ.get("MEDBUNDLE_LABEL_VENV", REPO / ".venv-label"))
 if not (VENV / "bin" / "monailabel").is_file():
@@ -167,8 +167,8 @@ def test_infer_returns_the_slide_score_of_the_bundles_own_inference(server, tmp_
 def test_train_runs_the_bundle_trainer_on_labels_saved_in_the_datastore(server):
     url, info, ids, root = server
     assert CXR in info["trainers"]
-    assert len(ids["cxr_train"]) == N_TRAIN
-    for image, findings in ids["cxr_train"]:
+    assert len(ids[f"{CXR}:labelled"]) == N_TRAIN
+    for image, findings in ids[f"{CXR}:labelled"]:
         label = root / "labels" / f"{image}.json"  # written by demo_app with write_class_label
         assert read_class_label(label, CHESTXRAY14_FINDINGS) == [float(f in findings) for f in CHESTXRAY14_FINDINGS]
         assert _put_label(url, image, label)["label"] == image

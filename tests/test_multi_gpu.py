@@ -99,8 +99,8 @@ def _check_shards(work: Path, n_train: int, ids: set[str] | None = None) -> None
 
 # ---------------------------------------------------------------------------------------------------------------
 def test_chest_xray_two_process_training(tmp_path):
-    from medbundle.data.chestxray import chestxray14_datalist
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.adapters import chestxray14_datalist
+    from medbundle.xray.synthetic import generate_chestxray14
 
     data = tmp_path / "ChestXray14"
     generate_chestxray14(data, n_patients=40, size=48, n_dicom=2, seed=1, min_pos_per_split=1)
@@ -119,9 +119,9 @@ def test_chest_xray_two_process_training(tmp_path):
 
 def test_chest_xray_balanced_sampler_splits_one_global_draw(tmp_path):
     """The demo's class-balanced sampler (draws with replacement): the ranks take alternate positions of one draw."""
-    from medbundle.data.chestxray import chestxray14_datalist
-    from medbundle.data.synthetic_xray import generate_chestxray14
     from medbundle.sampling import ClassBalancedSampler
+    from medbundle.xray.adapters import chestxray14_datalist
+    from medbundle.xray.synthetic import generate_chestxray14
 
     data = tmp_path / "ChestXray14"
     generate_chestxray14(data, n_patients=30, size=48, n_dicom=0, seed=2, min_pos_per_split=1)
@@ -140,8 +140,9 @@ def test_chest_xray_balanced_sampler_splits_one_global_draw(tmp_path):
 
 
 def test_ct_volume_two_process_training(tmp_path):
-    from medbundle.data.ct import synthetic_ct_datalist, write_datalist
-    from medbundle.data.synthetic_ct import generate_ct_dataset
+    from medbundle.ct.adapters import synthetic_ct_datalist
+    from medbundle.ct.synthetic import generate_ct_dataset
+    from medbundle.io.datalist import write_datalist
     from medbundle.networks import ResNetClassifier
 
     classes = ["normal", "consolidation"]
@@ -164,9 +165,9 @@ def test_ct_volume_two_process_training(tmp_path):
 
 
 def test_lung_nodule_detection_two_process_training(tmp_path):
-    from medbundle.data.luna16 import luna16_datalist
-    from medbundle.data.synthetic_luna16 import generate_luna16
-    from medbundle.networks import retinanet_resnet_fpn
+    from medbundle.detection.luna16 import luna16_datalist
+    from medbundle.detection.networks import retinanet_resnet_fpn
+    from medbundle.detection.synthetic import generate_luna16
 
     data = tmp_path / "LUNA16"
     generate_luna16(data, n_scans=10, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0), n_subsets=5, seed=1,
@@ -191,8 +192,9 @@ def test_lung_nodule_detection_two_process_training(tmp_path):
 def test_wsi_mil_two_process_training(tmp_path):
     pytest.importorskip("tifffile")
     pytest.importorskip("openslide")
-    from medbundle.data.pathology import camelyon16_datalist, write_datalist
-    from medbundle.data.synthetic_wsi import generate_camelyon16
+    from medbundle.io.datalist import write_datalist
+    from medbundle.pathology.adapters import camelyon16_datalist
+    from medbundle.pathology.synthetic import generate_camelyon16
 
     data = tmp_path / "camelyon16"
     generate_camelyon16(data, n_train_normal=5, n_train_tumor=5, n_test_normal=1, n_test_tumor=1, size=1024,

@@ -183,7 +183,7 @@ CXR_ARGS = ["--image_size", "48", "--num_epochs", "4", "--batch_size", "16", "--
 def chest(tmp_path_factory) -> dict:
     """Both runs: ``data``, work dirs ``full`` / ``resumed``, logs ``killed_log`` / ``log``, ``model_sha_after_kill``
     and the final ``last_epoch.pt`` contents ``ckpt_full`` / ``ckpt_resumed``."""
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.synthetic import generate_chestxray14
 
     root = tmp_path_factory.mktemp("cxr_resume")
     data = root / "ChestXray14"
@@ -260,8 +260,9 @@ def test_tensorboard_logs_loss_learning_rate_and_validation_metric(chest):
 
 # ----------------------------------------------------------------------------------------------- other bundles
 def _ct_args(root: Path) -> list[str]:
-    from medbundle.data.ct import synthetic_ct_datalist, write_datalist
-    from medbundle.data.synthetic_ct import generate_ct_dataset
+    from medbundle.ct.adapters import synthetic_ct_datalist
+    from medbundle.ct.synthetic import generate_ct_dataset
+    from medbundle.io.datalist import write_datalist
 
     classes = ["normal", "consolidation"]
     data = root / "ct"
@@ -275,7 +276,7 @@ def _ct_args(root: Path) -> list[str]:
 
 
 def _detection_args(root: Path) -> list[str]:
-    from medbundle.data.synthetic_luna16 import generate_luna16
+    from medbundle.detection.synthetic import generate_luna16
 
     data = root / "LUNA16"
     generate_luna16(data, n_scans=10, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0), n_subsets=5, seed=1,
@@ -288,8 +289,9 @@ def _detection_args(root: Path) -> list[str]:
 def _wsi_args(root: Path) -> list[str]:
     pytest.importorskip("tifffile")
     pytest.importorskip("openslide")
-    from medbundle.data.pathology import camelyon16_datalist, write_datalist
-    from medbundle.data.synthetic_wsi import generate_camelyon16
+    from medbundle.io.datalist import write_datalist
+    from medbundle.pathology.adapters import camelyon16_datalist
+    from medbundle.pathology.synthetic import generate_camelyon16
 
     data = root / "camelyon16"
     generate_camelyon16(data, n_train_normal=3, n_train_tumor=3, n_test_normal=1, n_test_tumor=1, size=1024,
@@ -346,7 +348,7 @@ def _torchrun(work: Path, args: list[str], kill_after: int | None = None) -> lis
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="needs gloo")
 def test_two_process_resume_equals_the_uninterrupted_run(tmp_path):
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.synthetic import generate_chestxray14
 
     data = tmp_path / "ChestXray14"
     generate_chestxray14(data, n_patients=20, size=32, n_dicom=0, seed=2, min_pos_per_split=1)

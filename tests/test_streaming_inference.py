@@ -253,7 +253,7 @@ def helpers(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cxr(tmp_path_factory, helpers):
     """Chest data (PNG and DICOM, 18 images at 48 px), a fresh DenseNet121, the subprocess environment."""
-    from medbundle.data.synthetic_xray import generate_chestxray14
+    from medbundle.xray.synthetic import generate_chestxray14
 
     root = tmp_path_factory.mktemp("cxr_stream")
     generate_chestxray14(root / "data", n_patients=8, size=48, n_dicom=2, seed=1, min_pos_per_split=0)
@@ -377,7 +377,7 @@ def _resume_check(env, bundle: str, work: Path, source: Path, root: Path, ledger
 
 
 def test_ct_resume_skips_done_volumes(tmp_path, helpers):
-    from medbundle.data.synthetic_ct import generate_ct_dataset
+    from medbundle.ct.synthetic import generate_ct_dataset
 
     classes = ["normal", "consolidation"]
     generate_ct_dataset(tmp_path / "ct", n_volumes=4, shape=(40, 40, 24), class_names=tuple(classes),
@@ -391,7 +391,7 @@ def test_ct_resume_skips_done_volumes(tmp_path, helpers):
 
 
 def test_detection_resume_skips_done_scans_and_keeps_marks_once(tmp_path, helpers):
-    from medbundle.data.synthetic_luna16 import generate_luna16
+    from medbundle.detection.synthetic import generate_luna16
 
     summary = generate_luna16(tmp_path / "LUNA16", n_scans=3, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0),
                               n_subsets=1, seed=1, nodules_per_scan=(1, 1), diameter_range=(8.0, 12.0),
@@ -414,7 +414,7 @@ def test_detection_resume_skips_done_scans_and_keeps_marks_once(tmp_path, helper
 def test_wsi_resume_skips_done_slides_and_keeps_top_patches_once(tmp_path, helpers):
     pytest.importorskip("tifffile")
     pytest.importorskip("openslide")
-    from medbundle.data.synthetic_wsi import generate_camelyon16
+    from medbundle.pathology.synthetic import generate_camelyon16
 
     generate_camelyon16(tmp_path / "cam", n_train_normal=0, n_train_tumor=0, n_test_normal=2, n_test_tumor=1,
                         size=1024, mpp=1.0, seed=5, tumour_radius_um=(150.0, 250.0))

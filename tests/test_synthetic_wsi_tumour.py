@@ -9,12 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.path import Path as MplPath
 
-from medbundle.data.synthetic_wsi import (
-    MICRO_SHARE,
-    make_slide,
-    tumour_fraction_targets,
-    tumour_share,
-)
+from medbundle.pathology.synthetic import MICRO_SHARE, make_slide, tumour_fraction_targets, tumour_share
 
 
 def _square(x0: float, y0: float, side: float) -> np.ndarray:
@@ -64,7 +59,7 @@ def test_tumour_fraction_targets_are_stratified_around_one_percent():
 
 def test_camelyon16_generator_writes_micro_and_macro_slides(tmp_path):
     pytest.importorskip("tifffile")
-    from medbundle.data.synthetic_wsi import generate_camelyon16
+    from medbundle.pathology.synthetic import generate_camelyon16
 
     summary = generate_camelyon16(tmp_path, n_train_normal=1, n_train_tumor=4, n_test_normal=1, n_test_tumor=4,
                                   size=768, mpp=2.0, seed=3)

@@ -20,13 +20,9 @@ pytest.importorskip("openslide")
 from conftest import BUNDLES, config_list, run_bundle  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from medbundle.data.pathology import camelyon16_datalist, panda_datalist, write_datalist  # noqa: E402
-from medbundle.data.synthetic_wsi import (  # noqa: E402
-    generate_camelyon16,
-    generate_panda,
-    make_slide,
-    write_synthetic_slide,
-)
+from medbundle.io.datalist import write_datalist
+from medbundle.pathology.adapters import camelyon16_datalist, panda_datalist
+from medbundle.pathology.synthetic import generate_camelyon16, generate_panda, make_slide, write_synthetic_slide
 
 BUNDLE = BUNDLES / "wsi_mil_classification"
 CFG = BUNDLE / "configs"

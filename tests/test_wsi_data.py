@@ -13,14 +13,8 @@ import pytest
 pytest.importorskip("tifffile")
 openslide = pytest.importorskip("openslide")
 
-from medbundle.data.pathology import (  # noqa: E402
-    camelyon16_datalist,
-    panda_datalist,
-    points_in_annotations,
-    read_asap_xml,
-)
-from medbundle.data.synthetic_wsi import make_slide, write_asap_xml, write_synthetic_slide  # noqa: E402
-from medbundle.data.wsi import (  # noqa: E402
+from medbundle.pathology.adapters import camelyon16_datalist, panda_datalist, points_in_annotations, read_asap_xml  # noqa: E402
+from medbundle.pathology.reader import (  # noqa: E402
     NoTissueError,
     SlideReadError,
     build_slide_grid,
@@ -28,8 +22,9 @@ from medbundle.data.wsi import (  # noqa: E402
     read_patches,
     slide_geometry,
 )
-from medbundle.transforms.tissue import otsu_threshold, tissue_mask  # noqa: E402
-from medbundle.transforms.wsi import TissueGridd  # noqa: E402
+from medbundle.pathology.synthetic import make_slide, write_asap_xml, write_synthetic_slide  # noqa: E402
+from medbundle.pathology.tissue import TissueParams, otsu_threshold, tissue_mask  # noqa: E402
+from medbundle.pathology.transforms import TissueGridd  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +99,10 @@ def test_tissue_mask_drops_ink_and_specks_and_fills_small_holes(slides):
     # with a permissive saturation threshold, ink and specks pass the threshold: the ink/dark filters and the
     # speck removal are what keep them out
     low = dict(method="saturation", saturation_threshold=0.05)
-    raw = tissue_mask(thumb, pixel_um=2.0, min_area_um2=0, max_hole_um2=0, exclude_ink=False, dark_value=0.0,
-                      grey_value=0.0, **low)
+    raw = tissue_mask(thumb, pixel_um=2.0, params=TissueParams(min_area_um2=0, max_hole_um2=0, exclude_ink=False,
+                                                               dark_value=0.0, grey_value=0.0, **low))
     assert raw.mask[ink & glass].mean() > 0.5
-    cleaned = tissue_mask(thumb, pixel_um=2.0, **low)
+    cleaned = tissue_mask(thumb, pixel_um=2.0, params=low)
     assert cleaned.mask[ink & glass].mean() < 0.02
     assert cleaned.mask.sum() == pytest.approx(res.mask.sum(), rel=0.1)
     # tissue holes of up to ~55 um radius are filled (those that open onto the glass stay out)
@@ -133,7 +128,7 @@ def test_tissue_mask_exact_area_on_a_drawn_image():
     assert int(res.mask.sum()) == expected
     assert res.mask[62, 62] and not res.mask[120, 110] and not res.mask[100, 71]
     assert not res.mask[:, 150:].any() and not res.mask[:40].any()
-    sat = tissue_mask(img, pixel_um=4.0, method="saturation", saturation_threshold=0.2)
+    sat = tissue_mask(img, pixel_um=4.0, params={"method": "saturation", "saturation_threshold": 0.2})
     assert int(sat.mask.sum()) == expected and sat.threshold == 0.2
 
 
@@ -213,7 +208,7 @@ def test_tiled_tifffile_reader_decodes_only_the_tiles_a_region_touches(slides):
 
 
 def test_coordinate_cache_is_reused_and_invalidated_when_the_slide_changes(slides, tmp_path, monkeypatch):
-    import medbundle.data.wsi as wsi_mod
+    import medbundle.pathology.reader as wsi_mod
 
     _, paths, _ = slides
     cache = tmp_path / "coords"
@@ -269,7 +264,7 @@ def test_unreadable_or_unscaled_slides_give_errors_naming_the_file(tmp_path):
 def test_tifffile_reader_skips_svs_thumbnail_and_reads_aperio_mpp_and_power(tmp_path):
     import tifffile
 
-    from medbundle.data.wsi import wsi_reader
+    from medbundle.pathology.reader import wsi_reader
 
     path = tmp_path / "aperio_like.svs"
     desc = "Aperio Image Library v12.0.15 \n1024x768 [0,0 1024x768] (256x256) JPEG/RGB Q=70|AppMag = 20|MPP = 0.4990"
@@ -381,3 +376,12 @@ def test_panda_adapter_on_the_published_columns(tmp_path):
     (root / "train.csv").write_text("image_id,data_provider,gleason_score\nabc,radboud,3+3\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['isup_grade'\]"):
         panda_datalist(root)
+
+
+def test_tissue_params_from_a_config_mapping():
+    assert TissueParams.of(None) == TissueParams()
+    assert TissueParams.of({"method": "saturation"}).method == "saturation"
+    with pytest.raises(ValueError, match="unknown tissue parameters"):
+        TissueParams.of({"threshold": 0.1})
+    with pytest.raises(ValueError, match="'otsu' or 'saturation'"):
+        TissueParams(method="kmeans")

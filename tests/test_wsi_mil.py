@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from medbundle.losses.mil import (
+from medbundle.networks import ResNetClassifier
+from medbundle.pathology.losses import (
     AttentionEntropyRegularisedLoss,
     AttentionSupervisedLoss,
     OrdinalBCELoss,
@@ -18,8 +19,7 @@ from medbundle.losses.mil import (
     ordinal_decode,
     ordinal_encode,
 )
-from medbundle.networks import ResNetClassifier
-from medbundle.networks.mil import GatedAttentionPooling, MILClassifier, attention_entropy
+from medbundle.pathology.networks import GatedAttentionPooling, MILClassifier, attention_entropy
 
 
 def _tiny_mil(num_outputs=2, **kw):
@@ -173,7 +173,7 @@ def test_ordinal_coding_round_trip_and_class_probabilities():
 
 
 def test_rand_dihedral_bag_transforms_each_patch_by_a_symmetry():
-    from medbundle.transforms.wsi import RandDihedralBagd
+    from medbundle.pathology.transforms import RandDihedralBagd
 
     x = torch.rand(40, 3, 8, 8)
     t = RandDihedralBagd(keys="image", prob=1.0)
@@ -190,8 +190,8 @@ def test_rand_dihedral_bag_transforms_each_patch_by_a_symmetry():
 
 
 def test_quadratic_kappa_metric_uses_the_ordinal_decision():
-    from medbundle.handlers.wsi import QuadraticKappaMetric
     from medbundle.metrics import cohen_kappa_quadratic
+    from medbundle.pathology.handlers import QuadraticKappaMetric
 
     torch.manual_seed(2)
     logits = torch.randn(30, 5) * 2
@@ -210,8 +210,8 @@ def test_quadratic_kappa_metric_uses_the_ordinal_decision():
 def slide(tmp_path_factory):
     pytest.importorskip("tifffile")
     pytest.importorskip("openslide")
-    from medbundle.data.synthetic_wsi import make_slide, write_synthetic_slide
-    from medbundle.data.wsi import build_slide_grid
+    from medbundle.pathology.reader import build_slide_grid
+    from medbundle.pathology.synthetic import make_slide, write_synthetic_slide
 
     root = tmp_path_factory.mktemp("mil")
     s = make_slide(1024, 1024, mpp=1.0, seed=21, tumour=True, n_tumours=1, tumour_radius_um=(150.0, 200.0))
@@ -221,8 +221,8 @@ def slide(tmp_path_factory):
 
 
 def test_chunked_slide_inference_equals_one_pass_over_all_patches(slide):
-    from medbundle.data.wsi import open_slide, read_patches
-    from medbundle.wsi_inference import PrepareSlideBatch, SlideMILInferer, slide_collate
+    from medbundle.pathology.inference import PrepareSlideBatch, SlideMILInferer, slide_collate
+    from medbundle.pathology.reader import open_slide, read_patches
 
     path, grid, _ = slide
     net = _tiny_mil().eval()
@@ -257,8 +257,8 @@ def test_slide_grid_as_image_tensor_gives_the_same_logits_as_the_evaluator_path(
     """MONAI Label's call: inferer(torch.as_tensor(data["image"])[None], network), no grids argument."""
     from monai.data import MetaTensor
 
-    from medbundle.transforms.wsi import SlideGridImaged, TissueGridd
-    from medbundle.wsi_inference import SlideMILInferer
+    from medbundle.pathology.inference import SlideMILInferer
+    from medbundle.pathology.transforms import SlideGridImaged, TissueGridd
 
     path, _, _ = slide
     d = TissueGridd("image", patch_size=32, mpp=2.0, mask_mpp=8.0)({"image": str(path)})
@@ -278,7 +278,7 @@ def test_slide_grid_as_image_tensor_gives_the_same_logits_as_the_evaluator_path(
 
 
 def test_bag_features_are_cached_per_backbone(slide, tmp_path):
-    from medbundle.transforms.wsi import BagFeaturesd, RandFeatureBagd
+    from medbundle.pathology.transforms import BagFeaturesd, RandFeatureBagd
 
     path, grid, _ = slide
     net = _tiny_mil(freeze_backbone=True)
@@ -308,8 +308,8 @@ def test_bag_features_are_cached_per_backbone(slide, tmp_path):
 
 
 def test_rand_bag_reads_distinct_tissue_patches(slide):
-    from medbundle.data.wsi import open_slide, read_patches
-    from medbundle.transforms.wsi import RandBagd
+    from medbundle.pathology.reader import open_slide, read_patches
+    from medbundle.pathology.transforms import RandBagd
 
     path, grid, _ = slide
     t = RandBagd(bag_size=12)
@@ -324,9 +324,9 @@ def test_rand_bag_reads_distinct_tissue_patches(slide):
 
 
 def test_patch_tumour_labels_bags_with_positives_and_bag_targets(slide, tmp_path):
-    from medbundle.data.pathology import points_in_annotations, read_asap_xml
-    from medbundle.data.synthetic_wsi import write_asap_xml
-    from medbundle.transforms.wsi import BagTargetd, PatchTumourLabelsd, RandBagd
+    from medbundle.pathology.adapters import points_in_annotations, read_asap_xml
+    from medbundle.pathology.synthetic import write_asap_xml
+    from medbundle.pathology.transforms import BagTargetd, PatchTumourLabelsd, RandBagd
 
     path, grid, s = slide
     ann = write_asap_xml(s.tumour_polygons, tmp_path / "slide.xml")
@@ -351,7 +351,7 @@ def test_patch_tumour_labels_bags_with_positives_and_bag_targets(slide, tmp_path
 
 
 def test_heatmap_geojson_and_mosaic(slide, tmp_path):
-    from medbundle.viz.wsi import attention_geojson, save_attention_heatmap, top_patch_mosaic, write_geojson
+    from medbundle.pathology.viz import attention_geojson, save_attention_heatmap, top_patch_mosaic, write_geojson
 
     path, grid, s = slide
     n = len(grid)

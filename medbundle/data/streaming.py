@@ -137,7 +137,7 @@ class SkipFailedCollate:
 
     Args:
         collate_fn: the collate function of the readable items (default MONAI's ``list_data_collate``;
-            ``monai.data.utils.no_collation`` for detection, ``medbundle.wsi_inference.slide_collate``
+            ``monai.data.utils.no_collation`` for detection, ``medbundle.pathology.inference.slide_collate``
             for slides).
 
     Returns an :class:`ItemBatch`. A class (not a closure) so that worker processes can pickle it.

@@ -1,7 +1,8 @@
-"""MONAI workflows (Ignite engines) for what MONAI's supervised engines do not cover."""
+"""MONAI workflows (Ignite engines) for what MONAI's supervised engines do not cover.
 
-from medbundle.engines.detection import DetectionEvaluator, DetectionTrainer, flatten_detection_batch, image_meta
-from medbundle.engines.streaming import SkipFailedItemsMixin, StreamingDetectionEvaluator, StreamingEvaluator
+The detector's trainer and evaluators live in :mod:`medbundle.detection.engines`.
+"""
 
-__all__ = ["DetectionEvaluator", "DetectionTrainer", "flatten_detection_batch", "image_meta",
-           "SkipFailedItemsMixin", "StreamingDetectionEvaluator", "StreamingEvaluator"]
+from medbundle.engines.streaming import FAILED_ITEMS, SkipFailedItemsMixin, StreamingEvaluator
+
+__all__ = ["FAILED_ITEMS", "SkipFailedItemsMixin", "StreamingEvaluator"]

@@ -16,8 +16,8 @@
   workflow would skip the run).
 
 :class:`StreamingEvaluator` is MONAI's :class:`~monai.engines.SupervisedEvaluator` with the mixin (chest,
-CT and slide inference), :class:`StreamingDetectionEvaluator` the detector's
-:class:`~medbundle.engines.detection.DetectionEvaluator` with it. Evaluation configs keep the plain
+CT and slide inference); :class:`medbundle.detection.engines.StreamingDetectionEvaluator` is the detector's
+evaluator with it. Evaluation configs keep the plain
 evaluators: there a failing item should stop the metrics, not thin them silently.
 """
 
@@ -34,11 +34,10 @@ from monai.utils import min_version, optional_import
 
 from medbundle.data.failures import failure_reason
 from medbundle.data.streaming import FailedItem, ItemBatch, item_fields
-from medbundle.engines.detection import DetectionEvaluator
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["FAILED_ITEMS", "SkipFailedItemsMixin", "StreamingDetectionEvaluator", "StreamingEvaluator"]
+__all__ = ["FAILED_ITEMS", "SkipFailedItemsMixin", "StreamingEvaluator"]
 
 logger = logging.getLogger("medbundle.engines")
 
@@ -152,6 +151,3 @@ class StreamingEvaluator(SkipFailedItemsMixin, SupervisedEvaluator):
     arguments); see the module docstring."""
 
 
-class StreamingDetectionEvaluator(SkipFailedItemsMixin, DetectionEvaluator):
-    """:class:`~medbundle.engines.detection.DetectionEvaluator` that skips and records failing scans (same
-    arguments); see the module docstring."""

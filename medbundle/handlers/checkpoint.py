@@ -1,9 +1,10 @@
 """Resumable training: a last-epoch checkpoint written after every epoch, and ``--resume True`` that continues it.
 
 :class:`ResumeCheckpoint` is an Ignite handler for a MONAI trainer (``SupervisedTrainer``,
-:class:`medbundle.engines.DetectionTrainer`). After every completed epoch (put it last in ``train#handlers``, so
-the epoch's validation and LR step have run) rank 0 writes one file atomically (a temporary file in the same
-folder, then ``os.replace``) holding everything an uninterrupted run would carry into the next epoch:
+:class:`medbundle.detection.engines.DetectionTrainer`). After every completed epoch (put it last in
+``train#handlers``, so the epoch's validation and LR step have run) rank 0 writes one file atomically (a
+temporary file in the same folder, then ``os.replace``) holding everything an uninterrupted run
+would carry into the next epoch:
 
 - ``network``: the plain module's weights (``DistributedDataParallel`` / ``DataParallel`` unwrapped), with
   ``network_class`` for error messages;

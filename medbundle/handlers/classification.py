@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,12 +20,14 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import Cumulative
 from monai.utils import min_version, optional_import
 
+from medbundle.distributed import is_rank0
 from medbundle.metrics.cumulative import MultiLabelAUROCMetric, labels_as_matrix
+from medbundle.utils import to_jsonable
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 idist, _ = optional_import("ignite", "0.4.11", min_version, "distributed")
 
-__all__ = ["ClassificationReport", "MultiLabelAUROC", "load_thresholds", "to_jsonable"]
+__all__ = ["ClassificationReport", "MultiLabelAUROC", "load_thresholds"]
 
 logger = logging.getLogger("medbundle.handlers")
 
@@ -47,21 +47,6 @@ class MultiLabelAUROC(IgniteMetricHandler):
         super().__init__(metric_fn=MultiLabelAUROCMetric(average=average), output_transform=output_transform)
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays to JSON types; NaN and inf become ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach().cpu().numpy()
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def load_thresholds(path: str | Path | None, class_names: Sequence[str]) -> tuple[list[float], str]:
@@ -99,11 +84,6 @@ def _decision_summary(y_true: np.ndarray, y_score: np.ndarray, thresholds: Seque
         "recall_per_class": summary["recall"],
     }
 
-
-def _is_rank0() -> bool:
-    return (not torch.distributed.is_available()) or (not torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 class ClassificationReport:
@@ -183,7 +163,7 @@ class ClassificationReport:
             raise ValueError(
                 f"model gives {y_score.shape[1]} outputs but {len(self.class_names)} class names were given"
             )
-        if not _is_rank0():
+        if not is_rank0():
             return
         youden = youden_thresholds(y_true, y_score)
         if self.save_thresholds_to is not None:

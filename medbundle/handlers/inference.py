@@ -15,9 +15,10 @@ from monai.utils import min_version, optional_import
 
 from medbundle.data.failures import failure_reason
 from medbundle.data.streaming import InferencePlan
-from medbundle.handlers.classification import load_thresholds, to_jsonable
+from medbundle.handlers.classification import load_thresholds
 from medbundle.handlers.streaming import StreamingWriter, batch_field, engine_outputs
 from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
+from medbundle.utils import to_jsonable
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 

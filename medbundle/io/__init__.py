@@ -1,33 +1,14 @@
-"""Reading and writing files that more than one domain uses: atomic files, weights-only torch files, result
-tables of long inference runs."""
+"""Reading and writing the files that more than one domain uses.
 
-from medbundle.io.files import atomic_write, load_weights_only, save_atomic, to_weights_only
-from medbundle.io.results import (
-    SKIPPED_TABLE,
-    ResultAppender,
-    ResultTables,
-    TableAppender,
-    TableSpec,
-    done_keys,
-    part_path,
-    read_rows,
-    repair_tail,
-    write_rows_atomic,
-)
+- :mod:`~medbundle.io.files`: atomic writes, weights-only torch files.
+- :mod:`~medbundle.io.results`: result tables that long inference runs append to and resume from.
+- :mod:`~medbundle.io.datalist`: datalist JSON, CSV columns by name.
+- :mod:`~medbundle.io.class_labels`: class-label files (what MONAI Label's ``/train`` gets for a study).
+- :mod:`~medbundle.io.dicom`: projection-radiograph DICOM and PNG/JPEG readers;
+  :mod:`~medbundle.io.dicom_write`: minimal DICOM writing for the generators.
+- :mod:`~medbundle.io.ct_series`: CT volumes from DICOM series (position order) and NIfTI;
+  :mod:`~medbundle.io.metaimage`: MetaImage (``.mhd``/``.raw``) without ITK.
+- :mod:`~medbundle.io.luna16_csv`: the LUNA16 challenge CSV files.
 
-__all__ = [
-    "SKIPPED_TABLE",
-    "atomic_write",
-    "load_weights_only",
-    "save_atomic",
-    "to_weights_only",
-    "ResultAppender",
-    "ResultTables",
-    "TableAppender",
-    "TableSpec",
-    "done_keys",
-    "part_path",
-    "read_rows",
-    "repair_tail",
-    "write_rows_atomic",
-]
+The package imports none of its modules, so that ``import medbundle.io.luna16_csv`` stays light (no torch).
+"""

@@ -12,41 +12,28 @@ bundle config or returned by :func:`medbundle.sampling.label_counts`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .focal import (
-    _check_reduction,
-    _masked_reduce,
-    _prepare_class_index_target,
-    _prepare_multilabel,
-    _sigmoid_focal_terms,
-    _softmax_focal_terms,
+from medbundle.losses.terms import (
+    CountsLike,
+    as_counts,
+    check_reduction,
+    masked_reduce,
+    prepare_class_index_target,
+    prepare_multilabel,
+    sigmoid_focal_terms,
+    softmax_focal_terms,
 )
 
 __all__ = ["effective_number_weights", "class_weights_from_counts", "ClassBalancedLoss"]
 
-CountsLike = Sequence[float] | np.ndarray | torch.Tensor
+
 
 _METHODS = ("inverse", "balanced", "effective")
 _LOSS_TYPES = ("bce", "focal", "ce", "softmax_focal")
-
-
-def _as_counts(counts: CountsLike, name: str = "counts") -> np.ndarray:
-    """Validate label counts and return them as a float64 vector."""
-    if isinstance(counts, torch.Tensor):
-        counts = counts.detach().cpu().numpy()
-    arr = np.asarray(counts, dtype=np.float64)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(
-            f"{name} must be a non-empty 1-D sequence of per-class counts, got shape {arr.shape}."
-        )
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {arr.tolist()}.")
-    return arr
 
 
 def _warn_zero(arr: np.ndarray, name: str) -> np.ndarray:
@@ -83,7 +70,7 @@ def effective_number_weights(
     Returns:
         float32 tensor of shape ``(C,)``.
     """
-    arr = _as_counts(counts)
+    arr = as_counts(counts)
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta}.")
     present = _warn_zero(arr, "counts")
@@ -126,7 +113,7 @@ def class_weights_from_counts(
         raise ValueError(f"Unknown method {method!r}; use one of {list(_METHODS)}.")
     if method == "effective":
         return effective_number_weights(counts, beta=beta, normalize=True)
-    arr = _as_counts(counts)
+    arr = as_counts(counts)
     present = _warn_zero(arr, "counts")
     weights = np.zeros_like(arr)
     weights[present] = 1.0 / arr[present]
@@ -196,10 +183,10 @@ class ClassBalancedLoss(nn.Module):
         self.loss_type = loss_type
         self.beta = float(beta)
         self.gamma = float(gamma) if loss_type in ("focal", "softmax_focal") else 0.0
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         self.ignore_index = int(ignore_index)
         self.multilabel = loss_type in ("bce", "focal")
-        pos = _as_counts(samples_per_class, "samples_per_class")
+        pos = as_counts(samples_per_class, "samples_per_class")
         num_classes = pos.size
         if not self.multilabel:
             if neg_samples_per_class is not None:
@@ -212,7 +199,7 @@ class ClassBalancedLoss(nn.Module):
             pos_w = effective_number_weights(pos, beta=beta)
             neg_w = torch.ones(num_classes)
         else:
-            neg = _as_counts(neg_samples_per_class, "neg_samples_per_class")
+            neg = as_counts(neg_samples_per_class, "neg_samples_per_class")
             if neg.size != num_classes:
                 raise ValueError(
                     f"neg_samples_per_class has {neg.size} entries, samples_per_class has {num_classes}."
@@ -246,14 +233,14 @@ class ClassBalancedLoss(nn.Module):
                 f"got {tuple(input.shape)}."
             )
         if self.multilabel:
-            target, valid = _prepare_multilabel(input, target)
-            loss = _sigmoid_focal_terms(input, target, self.gamma)
+            target, valid = prepare_multilabel(input, target)
+            loss = sigmoid_focal_terms(input, target, self.gamma)
             shape = (1, self.num_classes, *([1] * (input.ndim - 2)))
             pos_w = self.pos_weight.to(loss.device).view(shape)
             neg_w = self.neg_weight.to(loss.device).view(shape)
             loss = (target * pos_w + (1.0 - target) * neg_w) * loss
-            return _masked_reduce(loss, valid, self.reduction)
-        target = _prepare_class_index_target(input, target, self.ignore_index)
-        loss, valid, safe_target = _softmax_focal_terms(input, target, self.gamma, self.ignore_index)
+            return masked_reduce(loss, valid, self.reduction)
+        target = prepare_class_index_target(input, target, self.ignore_index)
+        loss, valid, safe_target = softmax_focal_terms(input, target, self.gamma, self.ignore_index)
         loss = self.pos_weight.to(loss.device)[safe_target] * loss
-        return _masked_reduce(loss, valid, self.reduction)
+        return masked_reduce(loss, valid, self.reduction)

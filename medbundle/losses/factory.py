@@ -15,14 +15,17 @@ from typing import Any
 
 from torch import nn
 
-from .class_balanced import ClassBalancedLoss, CountsLike
+from medbundle.mining.ohem import HardExampleLoss
+
+from .class_balanced import ClassBalancedLoss
 from .focal import SigmoidFocalLoss, SoftmaxFocalLoss
+from .terms import CountsLike
 from .weighted import WeightedBCEWithLogitsLoss, WeightedCrossEntropyLoss
 
 __all__ = ["build_loss", "LOSS_NAMES"]
 
-MULTILABEL_LOSSES = ("bce", "weighted_bce", "focal", "class_balanced")
-MULTICLASS_LOSSES = ("ce", "weighted_ce", "softmax_focal", "class_balanced_ce")
+MULTILABEL_LOSSES = ("bce", "weighted_bce", "focal", "class_balanced", "ohem_bce")
+MULTICLASS_LOSSES = ("ce", "weighted_ce", "softmax_focal", "class_balanced_ce", "ohem_ce")
 LOSS_NAMES = MULTILABEL_LOSSES + MULTICLASS_LOSSES
 
 # generic names that mean the multi-class loss when ``multilabel=False``
@@ -52,6 +55,8 @@ def build_loss(
     - ``"focal"``: :class:`SigmoidFocalLoss` (``gamma``, ``alpha`` from ``kwargs``).
     - ``"class_balanced"``: :class:`ClassBalancedLoss` with ``samples_per_class=pos_counts`` and
       ``neg_samples_per_class=neg_counts`` (optional); ``loss_type`` ``"bce"`` (default) or ``"focal"``.
+    - ``"ohem_bce"``: online hard example mining, :class:`~medbundle.mining.HardExampleLoss` over the
+      (sample, class) BCE terms: only the hardest ``keep_fraction`` (kwargs, default 0.5) give the gradient.
 
     Multi-class (logits ``(B, C, ...)``, class-index targets):
 
@@ -61,6 +66,8 @@ def build_loss(
     - ``"softmax_focal"``: :class:`SoftmaxFocalLoss`.
     - ``"class_balanced_ce"``: :class:`ClassBalancedLoss` with ``samples_per_class=counts``;
       ``loss_type`` ``"ce"`` (default) or ``"softmax_focal"``.
+    - ``"ohem_ce"``: :class:`~medbundle.mining.HardExampleLoss` over the per-sample cross-entropy: only the
+      hardest ``keep_fraction`` (kwargs, default 0.5) of each batch's samples give the gradient.
 
     ``multilabel`` only resolves the generic names: with ``multilabel=False``, ``"focal"`` means
     ``"softmax_focal"`` and ``"class_balanced"`` means ``"class_balanced_ce"``. Names that belong to one
@@ -99,6 +106,10 @@ def build_loss(
                 f"got {kwargs['loss_type']!r}."
             )
         return ClassBalancedLoss(pos_counts, neg_samples_per_class=neg_counts, **kwargs)
+    if key in ("ohem_bce", "ohem_ce"):
+        keep_fraction = kwargs.pop("keep_fraction", 0.5)
+        inner = WeightedBCEWithLogitsLoss if key == "ohem_bce" else WeightedCrossEntropyLoss
+        return HardExampleLoss(inner(**{**kwargs, "reduction": "none"}), keep_fraction=keep_fraction)
     if key == "ce":
         return WeightedCrossEntropyLoss(**kwargs)
     if key == "weighted_ce":

@@ -10,14 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .class_balanced import CountsLike, _as_counts, class_weights_from_counts
-from .focal import (
-    _channel_vector,
-    _check_reduction,
-    _masked_reduce,
-    _prepare_class_index_target,
-    _prepare_multilabel,
+from medbundle.losses.terms import (
+    CountsLike,
+    as_counts,
+    channel_vector,
+    check_reduction,
+    masked_reduce,
+    prepare_class_index_target,
+    prepare_multilabel,
 )
+
+from .class_balanced import class_weights_from_counts
 
 __all__ = ["WeightedBCEWithLogitsLoss", "WeightedCrossEntropyLoss"]
 
@@ -54,7 +57,7 @@ class WeightedBCEWithLogitsLoss(nn.Module):
         self, pos_weight: float | Sequence[float] | torch.Tensor | None = None, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         pw: torch.Tensor | None = None
         if pos_weight is not None:
             pw = torch.as_tensor(pos_weight, dtype=torch.float32).detach().clone()
@@ -80,8 +83,8 @@ class WeightedBCEWithLogitsLoss(nn.Module):
             neg_counts: number of negative labels per class ``(C,)``.
             reduction: as in the constructor.
         """
-        pos = _as_counts(pos_counts, "pos_counts")
-        neg = _as_counts(neg_counts, "neg_counts")
+        pos = as_counts(pos_counts, "pos_counts")
+        neg = as_counts(neg_counts, "neg_counts")
         if pos.shape != neg.shape:
             raise ValueError(f"pos_counts has {pos.size} classes but neg_counts has {neg.size}.")
         defined = (pos > 0) & (neg > 0)
@@ -97,13 +100,13 @@ class WeightedBCEWithLogitsLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see the class docstring for shapes."""
-        target, valid = _prepare_multilabel(input, target)
+        target, valid = prepare_multilabel(input, target)
         x = input.float()
         pw = None
         if self.pos_weight is not None:
-            pw = _channel_vector(self.pos_weight, "pos_weight", x)
+            pw = channel_vector(self.pos_weight, "pos_weight", x)
         loss = F.binary_cross_entropy_with_logits(x, target.float(), pos_weight=pw, reduction="none")
-        return _masked_reduce(loss, valid, self.reduction)
+        return masked_reduce(loss, valid, self.reduction)
 
 
 class WeightedCrossEntropyLoss(nn.Module):
@@ -139,7 +142,7 @@ class WeightedCrossEntropyLoss(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         self.ignore_index = int(ignore_index)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
@@ -178,7 +181,7 @@ class WeightedCrossEntropyLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see the class docstring for shapes."""
-        target = _prepare_class_index_target(input, target, self.ignore_index)
+        target = prepare_class_index_target(input, target, self.ignore_index)
         x = input.float()
         weight = None
         if self.weight is not None:
@@ -197,7 +200,7 @@ class WeightedCrossEntropyLoss(nn.Module):
         )
         valid = target != self.ignore_index
         if self.reduction != "mean":
-            return _masked_reduce(loss, valid, self.reduction)
+            return masked_reduce(loss, valid, self.reduction)
         loss = torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
         if weight is None:
             denom = valid.sum().to(loss.dtype)

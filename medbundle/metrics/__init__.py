@@ -1,4 +1,4 @@
-"""Medical metrics in scikit-learn's ``(y_true, y_score)`` convention.
+"""Medical metrics in scikit-learn's ``(y_true, y_score)`` convention, importable without torch or MONAI.
 
 - :mod:`~medbundle.metrics.classification`: confusion-based rates (per class, macro, micro), quadratic
   kappa, and the multi-label report the bundles write to ``metrics.json``.
@@ -7,62 +7,59 @@
 - :mod:`~medbundle.metrics.calibration`: reliability diagram data and expected calibration error.
 - :mod:`~medbundle.metrics.detection`: 2D/3D box IoU and COCO-style AP/mAP.
 - :mod:`~medbundle.metrics.froc`: the LUNA16 FROC/CPM protocol.
-- :mod:`~medbundle.metrics.cumulative`: MONAI ``CumulativeIterationMetric`` wrappers for bundle configs.
+- :mod:`~medbundle.metrics.validation`: the input checks they share.
+
+The functions are plain: arrays in, numbers out. The stateful wrappers that bundles attach to MONAI engines
+(:class:`~medbundle.metrics.cumulative.MultiLabelAUROCMetric`, a MONAI ``CumulativeIterationMetric``) need
+torch and live apart in :mod:`medbundle.metrics.cumulative`, which this package does not import.
+
+Names are loaded on first use (PEP 562), so ``import medbundle.metrics.froc`` loads neither scikit-learn nor
+SciPy's statistics.
 """
 
-from medbundle.metrics.calibration import expected_calibration_error, reliability_diagram
-from medbundle.metrics.classification import (
-    binary_confusion,
-    binary_rates,
-    cohen_kappa_quadratic,
-    multilabel_classification_report,
-    multilabel_rates,
-)
-from medbundle.metrics.cumulative import MultiLabelAUROCMetric
-from medbundle.metrics.detection import box_iou, coco_detection_metrics
-from medbundle.metrics.froc import evaluate_luna16_files, luna16_froc
-from medbundle.metrics.roc import (
-    average_precision,
-    average_precision_per_class,
-    bootstrap_auc_ci,
-    delong_auc_ci,
-    delong_auc_variance,
-    delong_test,
-    roc_auc,
-    roc_auc_per_class,
-    sensitivity_at_specificity,
-    specificity_at_sensitivity,
-    threshold_at_sensitivity,
-    threshold_at_specificity,
-    threshold_youden,
-    youden_thresholds,
-)
+from __future__ import annotations
 
-__all__ = [
-    "MultiLabelAUROCMetric",
-    "average_precision",
-    "average_precision_per_class",
-    "binary_confusion",
-    "box_iou",
-    "coco_detection_metrics",
-    "evaluate_luna16_files",
-    "luna16_froc",
-    "binary_rates",
-    "bootstrap_auc_ci",
-    "cohen_kappa_quadratic",
-    "delong_auc_ci",
-    "delong_auc_variance",
-    "delong_test",
-    "expected_calibration_error",
-    "multilabel_classification_report",
-    "multilabel_rates",
-    "reliability_diagram",
-    "roc_auc",
-    "roc_auc_per_class",
-    "sensitivity_at_specificity",
-    "specificity_at_sensitivity",
-    "threshold_at_sensitivity",
-    "threshold_at_specificity",
-    "threshold_youden",
-    "youden_thresholds",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "expected_calibration_error": "calibration",
+    "reliability_diagram": "calibration",
+    "binary_confusion": "classification",
+    "binary_rates": "classification",
+    "cohen_kappa_quadratic": "classification",
+    "multilabel_classification_report": "classification",
+    "multilabel_rates": "classification",
+    "box_iou": "detection",
+    "coco_detection_metrics": "detection",
+    "evaluate_luna16_files": "froc",
+    "luna16_froc": "froc",
+    "average_precision": "roc",
+    "average_precision_per_class": "roc",
+    "bootstrap_auc_ci": "roc",
+    "delong_auc_ci": "roc",
+    "delong_auc_variance": "roc",
+    "delong_test": "roc",
+    "roc_auc": "roc",
+    "roc_auc_per_class": "roc",
+    "sensitivity_at_specificity": "roc",
+    "specificity_at_sensitivity": "roc",
+    "threshold_at_sensitivity": "roc",
+    "threshold_at_specificity": "roc",
+    "threshold_youden": "roc",
+    "youden_thresholds": "roc",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

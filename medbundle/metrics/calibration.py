@@ -18,15 +18,16 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from medbundle.metrics.classification import _check_same_shape, _to_numpy
+from medbundle.metrics.validation import check_same_shape
+from medbundle.utils import to_numpy
 
 __all__ = ["reliability_diagram", "expected_calibration_error"]
 
 
 def _calibration_inputs(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    t = _to_numpy(y_true, "y_true")
-    p = _to_numpy(y_prob, "y_prob")
-    _check_same_shape(t, p, "y_true", "y_prob")
+    t = to_numpy(y_true, "y_true")
+    p = to_numpy(y_prob, "y_prob")
+    check_same_shape(t, p, "y_true", "y_prob")
     t = t.astype(np.float64).reshape(-1)
     p = p.astype(np.float64).reshape(-1)
     if not np.isfinite(p).all():
@@ -48,25 +49,19 @@ def reliability_diagram(
 ) -> dict[str, np.ndarray]:
     """Per-bin mean confidence, observed frequency and count, for a reliability diagram.
 
-    Parameters
-    ----------
-    y_true : array-like, any shape
-        Labels in {0, 1}; NaN entries (missing labels) are ignored.
-    y_prob : array-like, same shape as ``y_true``
-        Predicted probabilities of the positive class, in [0, 1].
-    n_bins : int, default 10
-        Number of bins.
-    strategy : {"uniform", "quantile"}, default "uniform"
-        ``"uniform"``: equal-width bins on [0, 1]. ``"quantile"``: edges at the quantiles of
-        ``y_prob`` so bins hold about equal counts (ties can leave some bins empty).
+    Args:
+        y_true (array-like, any shape): Labels in {0, 1}; NaN entries (missing labels) are ignored.
+        y_prob (array-like, same shape as ``y_true``): Predicted probabilities of the positive class, in [0, 1].
+        n_bins (int, default 10): Number of bins.
+        strategy ({"uniform", "quantile"}, default "uniform"): ``"uniform"``: equal-width bins on [0, 1].
+            ``"quantile"``: edges at the quantiles of
+            ``y_prob`` so bins hold about equal counts (ties can leave some bins empty).
 
-    Returns
-    -------
-    dict
-        ``bin_edges`` float64 (n_bins + 1,); ``bin_confidence`` (mean predicted probability),
-        ``bin_accuracy`` (fraction of positives) as float64 (n_bins,), ``nan`` for empty bins;
-        ``bin_count`` int64 (n_bins,). Non-empty bins equal scikit-learn's ``calibration_curve``
-        ``(prob_true, prob_pred)`` with the same ``n_bins`` and ``strategy``.
+    Returns:
+        dict: ``bin_edges`` float64 (n_bins + 1,); ``bin_confidence`` (mean predicted probability),
+            ``bin_accuracy`` (fraction of positives) as float64 (n_bins,), ``nan`` for empty bins;
+            ``bin_count`` int64 (n_bins,). Non-empty bins equal scikit-learn's ``calibration_curve``
+            ``(prob_true, prob_pred)`` with the same ``n_bins`` and ``strategy``.
     """
     if int(n_bins) < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins}.")
@@ -104,10 +99,8 @@ def expected_calibration_error(
     positives among predictions in its bin. For multi-label data pass (N, C) arrays; all known entries
     are pooled. Parameters and binning are those of :func:`reliability_diagram`.
 
-    Returns
-    -------
-    float
-        ECE in [0, 1]; ``nan`` when there is no labelled probability.
+    Returns:
+        float: ECE in [0, 1]; ``nan`` when there is no labelled probability.
     """
     bins = reliability_diagram(y_true, y_prob, n_bins=n_bins, strategy=strategy)
     count = bins["bin_count"]

@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from medbundle.metrics.validation import check_binary_labels, check_multilabel_targets, check_same_shape, check_scores
+from medbundle.utils import to_numpy
+
 __all__ = [
     "binary_confusion",
     "binary_rates",
@@ -42,77 +45,6 @@ RATE_NAMES = ("sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accura
 COUNT_NAMES = ("tp", "fp", "tn", "fn")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# input handling shared by medbundle.metrics.classification / roc / calibration
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    """Convert an array-like or a torch tensor (any device, with or without grad) to a numpy array."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu()
-        x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else x.numpy()  # numpy has no bfloat16
-    arr = np.asarray(x)
-    if arr.dtype == object:
-        raise TypeError(f"{name} could not be converted to a numeric array (got ragged or object data); "
-                        "pass a numpy array, a list of numbers or a torch tensor.")
-    return arr
-
-
-def _check_binary_labels(y: ArrayLike, name: str = "y_true", ndim: int = 1) -> np.ndarray:
-    """Return ``y`` as a boolean array after checking that it holds only 0/1 (or False/True)."""
-    arr = _to_numpy(y, name)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}.")
-    if arr.dtype == bool:
-        return arr
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{name} must be numeric 0/1 labels, got dtype {arr.dtype}.")
-    if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
-        raise ValueError(f"{name} contains NaN. Binary metrics need every label; for missing labels use the "
-                         "multi-label (N, C) functions, which ignore NaN entries, or drop those samples.")
-    bad = (arr != 0) & (arr != 1)
-    if bad.any():
-        raise ValueError(f"{name} must contain only 0 and 1; found {np.unique(arr[bad])[:5].tolist()}. "
-                         "Binarise the labels first (e.g. y == positive_class).")
-    return arr.astype(bool)
-
-
-def _check_scores(y_score: ArrayLike, n: int, name: str = "y_score", ndim: int = 1) -> np.ndarray:
-    """Return ``y_score`` as finite float64 of the expected dimensionality and length ``n``."""
-    arr = _to_numpy(y_score, name)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}.")
-    if arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} samples but y_true has {n}; they must match.")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values; scores must be finite. Check the model "
-                         "output (a NaN often means a diverged network or an empty input).")
-    return arr
-
-
-def _check_multilabel_targets(y_true: ArrayLike, name: str = "y_true") -> np.ndarray:
-    """Return (N, C) float64 labels in {0, 1, NaN}; NaN marks a missing/uncertain label."""
-    arr = _to_numpy(y_true, name)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N samples, C classes), got shape {arr.shape}. For a single "
-                         "binary task use the binary function, or reshape to (N, 1).")
-    if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
-        raise ValueError(f"{name} must be numeric 0/1/NaN labels, got dtype {arr.dtype}.")
-    arr = arr.astype(np.float64)
-    known = ~np.isnan(arr)
-    bad = known & (arr != 0) & (arr != 1)
-    if bad.any():
-        raise ValueError(f"{name} must contain only 0, 1 or NaN (missing); found "
-                         f"{np.unique(arr[bad])[:5].tolist()}. Map uncertain labels (e.g. CheXpert -1) to "
-                         "NaN to ignore them, or to 0/1.")
-    return arr
-
-
-def _check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match.")
 
 
 def _safe_ratio(num: float, den: float) -> float:
@@ -135,22 +67,17 @@ def _nanmean(values: Any) -> float:
 def binary_confusion(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, int]:
     """Count true/false positives/negatives of hard binary decisions.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Reference labels, 0 (negative) or 1 (positive); bool is accepted.
-    y_pred : array-like of shape (N,)
-        Predicted labels, 0 or 1. To threshold scores use ``y_score >= threshold``.
+    Args:
+        y_true (array-like of shape (N,)): Reference labels, 0 (negative) or 1 (positive); bool is accepted.
+        y_pred (array-like of shape (N,)): Predicted labels, 0 or 1. To threshold scores use ``y_score >= threshold``.
 
-    Returns
-    -------
-    dict
-        ``{"tp", "fp", "tn", "fn"}`` as Python ints. Equal to scikit-learn's
-        ``confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()`` read as (tn, fp, fn, tp).
+    Returns:
+        dict: ``{"tp", "fp", "tn", "fn"}`` as Python ints. Equal to scikit-learn's
+            ``confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()`` read as (tn, fp, fn, tp).
     """
-    t = _check_binary_labels(y_true, "y_true")
-    p = _check_binary_labels(y_pred, "y_pred")
-    _check_same_shape(t, p, "y_true", "y_pred")
+    t = check_binary_labels(y_true, "y_true")
+    p = check_binary_labels(y_pred, "y_pred")
+    check_same_shape(t, p, "y_true", "y_pred")
     tp = int(np.count_nonzero(t & p))
     fp = int(np.count_nonzero(~t & p))
     fn = int(np.count_nonzero(t & ~p))
@@ -180,21 +107,16 @@ def _rates_from_counts(tp: int, fp: int, tn: int, fn: int) -> dict[str, float]:
 def binary_rates(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float | int]:
     """Clinical rates of hard binary decisions.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Reference labels in {0, 1}.
-    y_pred : array-like of shape (N,)
-        Predicted labels in {0, 1} (e.g. ``y_score >= threshold``).
+    Args:
+        y_true (array-like of shape (N,)): Reference labels in {0, 1}.
+        y_pred (array-like of shape (N,)): Predicted labels in {0, 1} (e.g. ``y_score >= threshold``).
 
-    Returns
-    -------
-    dict
-        ``sensitivity`` (recall, TPR), ``specificity`` (TNR), ``ppv`` (precision), ``npv``, ``f1``,
-        ``balanced_accuracy``, ``accuracy`` as floats in [0, 1], plus the counts ``tp, fp, tn, fn``
-        as ints. Any ratio whose denominator is 0 is ``nan`` (e.g. sensitivity with no positives);
-        nothing raises. scikit-learn's ``recall_score``/``precision_score`` would return 0 with a
-        warning instead, which reads like a failure of the model rather than of the data.
+    Returns:
+        dict: ``sensitivity`` (recall, TPR), ``specificity`` (TNR), ``ppv`` (precision), ``npv``, ``f1``,
+            ``balanced_accuracy``, ``accuracy`` as floats in [0, 1], plus the counts ``tp, fp, tn, fn``
+            as ints. Any ratio whose denominator is 0 is ``nan`` (e.g. sensitivity with no positives);
+            nothing raises. scikit-learn's ``recall_score``/``precision_score`` would return 0 with a
+            warning instead, which reads like a failure of the model rather than of the data.
     """
     counts = binary_confusion(y_true, y_pred)
     out: dict[str, float | int] = dict(_rates_from_counts(**counts))
@@ -205,30 +127,26 @@ def binary_rates(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float | int]
 def multilabel_rates(y_true: ArrayLike, y_pred: ArrayLike, average: str | None = "macro") -> dict[str, Any]:
     """Clinical rates per class of multi-label hard decisions, ignoring missing labels.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N, C)
-        Labels in {0, 1}; NaN means "missing/uncertain" and drops that (sample, class) entry from that
-        class's counts only.
-    y_pred : array-like of shape (N, C)
-        Predicted labels in {0, 1}.
-    average : {"macro", "micro", None}, default "macro"
-        ``None``: per-class lists. ``"macro"``: unweighted mean over classes of each per-class rate,
-        skipping classes where that rate is undefined (scikit-learn counts them as 0). ``"micro"``: rates
-        of the confusion counts summed over classes.
+    Args:
+        y_true (array-like of shape (N, C)): Labels in {0, 1}; NaN means "missing/uncertain" and drops that (sample,
+        class) entry from that
+            class's counts only.
+        y_pred (array-like of shape (N, C)): Predicted labels in {0, 1}.
+        average ({"macro", "micro", None}, default "macro"): ``None``: per-class lists. ``"macro"``: unweighted mean
+            over classes of each per-class rate,
+            skipping classes where that rate is undefined (scikit-learn counts them as 0). ``"micro"``: rates
+            of the confusion counts summed over classes.
 
-    Returns
-    -------
-    dict
-        Keys ``sensitivity, specificity, ppv, npv, f1, balanced_accuracy, accuracy`` and the counts
-        ``tp, fp, tn, fn``. With ``average=None`` each value is a list of length C (floats, ``nan`` where
-        undefined; counts as ints); otherwise a float, with counts summed over classes.
+    Returns:
+        dict: Keys ``sensitivity, specificity, ppv, npv, f1, balanced_accuracy, accuracy`` and the counts
+            ``tp, fp, tn, fn``. With ``average=None`` each value is a list of length C (floats, ``nan`` where
+            undefined; counts as ints); otherwise a float, with counts summed over classes.
     """
     if average not in ("macro", "micro", None):
         raise ValueError(f"average must be 'macro', 'micro' or None, got {average!r}.")
-    t = _check_multilabel_targets(y_true, "y_true")
-    p = _check_binary_labels(y_pred, "y_pred", ndim=2)
-    _check_same_shape(t, p, "y_true", "y_pred")
+    t = check_multilabel_targets(y_true, "y_true")
+    p = check_binary_labels(y_pred, "y_pred", ndim=2)
+    check_same_shape(t, p, "y_true", "y_pred")
     known = ~np.isnan(t)
     pos = known & (t == 1)
     neg = known & (t == 0)
@@ -260,7 +178,7 @@ def multilabel_rates(y_true: ArrayLike, y_pred: ArrayLike, average: str | None =
 
 
 def _check_grades(y: ArrayLike, name: str) -> np.ndarray:
-    arr = _to_numpy(y, name)
+    arr = to_numpy(y, name)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D integer grades, got shape {arr.shape}.")
     if arr.dtype == bool:
@@ -286,16 +204,14 @@ def multiclass_decision(y_score: ArrayLike, thresholds: Sequence[float] | None =
     its threshold by the largest margin ``score - threshold``; a sample that reaches no threshold falls
     back to the arg-max. Without thresholds it is the arg-max.
 
-    Parameters
-    ----------
-    y_score : array-like of shape (N, C)
-    thresholds : sequence of C floats, optional
+    Args:
+        y_score (array-like of shape (N, C)):
+        thresholds (sequence of C floats, optional):
 
-    Returns
-    -------
-    np.ndarray of shape (N,), int class indices.
+    Returns:
+        np.ndarray of shape (N,), int class indices.
     """
-    s = np.asarray(y_score.detach().cpu().numpy() if hasattr(y_score, "detach") else y_score, dtype=float)
+    s = to_numpy(y_score, "y_score", dtype=float)
     if s.ndim != 2:
         raise ValueError(f"y_score must be (N, C), got shape {s.shape}")
     best = s.argmax(1)
@@ -312,20 +228,16 @@ def multiclass_decision(y_score: ArrayLike, thresholds: Sequence[float] | None =
 def multiclass_summary(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> dict[str, Any]:
     """Confusion matrix, accuracy and balanced accuracy of multi-class decisions.
 
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (N,)
-        Class indices in ``[0, num_classes)``.
-    num_classes : int
-        Size of the (square) confusion matrix; classes absent from both inputs give zero rows/columns.
+    Args:
+        y_true, y_pred (array-like of shape (N,)): Class indices in ``[0, num_classes)``.
+        num_classes (int): Size of the (square) confusion matrix; classes absent from both inputs give zero
+            rows/columns.
 
-    Returns
-    -------
-    dict
-        ``confusion_matrix`` (list of lists, rows = true class, columns = predicted class), ``accuracy``,
-        ``balanced_accuracy`` (mean per-class recall over classes present in ``y_true``), ``recall`` per
-        class (NaN for a class absent from ``y_true``). Same values as scikit-learn's ``confusion_matrix``
-        (with ``labels=range(num_classes)``), ``accuracy_score`` and ``balanced_accuracy_score``.
+    Returns:
+        dict: ``confusion_matrix`` (list of lists, rows = true class, columns = predicted class), ``accuracy``,
+            ``balanced_accuracy`` (mean per-class recall over classes present in ``y_true``), ``recall`` per
+            class (NaN for a class absent from ``y_true``). Same values as scikit-learn's ``confusion_matrix``
+            (with ``labels=range(num_classes)``), ``accuracy_score`` and ``balanced_accuracy_score``.
     """
     t = np.asarray(y_true).reshape(-1).astype(np.int64)
     p = np.asarray(y_pred).reshape(-1).astype(np.int64)
@@ -353,25 +265,20 @@ def cohen_kappa_quadratic(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int
     ``kappa = 1 - sum(W * O) / sum(W * E)`` with observed confusion ``O``, expected ``E`` (outer product
     of the marginals divided by N) and ``W[i, j] = (i - j)**2 / (K - 1)**2``.
 
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (N,)
-        Integer grades in ``0..K-1``.
-    num_classes : int, optional
-        K. Defaults to ``max(y_true.max(), y_pred.max()) + 1``.
+    Args:
+        y_true, y_pred (array-like of shape (N,)): Integer grades in ``0..K-1``.
+        num_classes (int, optional): K. Defaults to ``max(y_true.max(), y_pred.max()) + 1``.
 
-    Returns
-    -------
-    float
-        Kappa in [-1, 1]; ``nan`` when undefined (empty input, or both raters constant and equal).
-        Equals scikit-learn's ``cohen_kappa_score(y_true, y_pred, weights="quadratic",
-        labels=range(K))``. Unlike scikit-learn's default (``labels=None``), the weight of a
-        disagreement is the distance between grade values, not between positions among the grades that
-        happen to occur, so an absent grade does not change the result.
+    Returns:
+        float: Kappa in [-1, 1]; ``nan`` when undefined (empty input, or both raters constant and equal).
+            Equals scikit-learn's ``cohen_kappa_score(y_true, y_pred, weights="quadratic",
+            labels=range(K))``. Unlike scikit-learn's default (``labels=None``), the weight of a
+            disagreement is the distance between grade values, not between positions among the grades that
+            happen to occur, so an absent grade does not change the result.
     """
     t = _check_grades(y_true, "y_true")
     p = _check_grades(y_pred, "y_pred")
-    _check_same_shape(t, p, "y_true", "y_pred")
+    check_same_shape(t, p, "y_true", "y_pred")
     if t.size == 0:
         return float("nan")
     observed_max = int(max(t.max(), p.max()))
@@ -405,38 +312,34 @@ def multilabel_classification_report(
 ) -> dict[str, Any]:
     """Per-class and averaged metrics of a multi-label (or one-vs-rest) classifier, ready for JSON.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N, C)
-        Labels in {0, 1}; NaN = missing/uncertain, ignored for that class.
-    y_score : array-like of shape (N, C)
-        Finite scores or probabilities; higher means more likely positive.
-    class_names : sequence of str, length C
-        Unique class names; keys of ``per_class``.
-    thresholds : sequence of C floats, or one float for all classes, optional
-        Operating thresholds (predicted positive means ``score >= threshold``), e.g. from
-        :func:`medbundle.metrics.roc.youden_thresholds` on a validation set. When given, the rates at
-        that threshold are reported per class and macro-averaged.
-    confidence : float, default 0.95
-        Level of the DeLong AUROC confidence intervals.
+    Args:
+        y_true (array-like of shape (N, C)): Labels in {0, 1}; NaN = missing/uncertain, ignored for that class.
+        y_score (array-like of shape (N, C)): Finite scores or probabilities; higher means more likely positive.
+        class_names (sequence of str, length C): Unique class names; keys of ``per_class``.
+        thresholds (sequence of C floats, or one float for all classes, optional): Operating thresholds (predicted
+            positive means ``score >= threshold``), e.g. from
+            :func:`medbundle.metrics.roc.youden_thresholds` on a validation set. When given, the rates at
+            that threshold are reported per class and macro-averaged.
+        confidence (float, default 0.95): Level of the DeLong AUROC confidence intervals.
 
-    Returns
-    -------
-    dict
-        ``{"n_samples", "class_names", "confidence", "ci_method", "per_class": {name: {...}},
-        "mean_auroc", "mean_average_precision", "macro": {...}}``. Each ``per_class`` entry has
-        ``n_pos, n_neg, n_missing, auroc, auroc_ci_low, auroc_ci_high, average_precision`` and, with
-        thresholds, ``threshold, sensitivity, specificity, ppv, npv, f1, tp, fp, tn, fn``.
-        ``mean_auroc`` is the NaN-ignoring mean over classes (classes with a single label value have
-        ``auroc = nan``); ``macro`` holds the same NaN-ignoring means of every per-class float. All
-        values are plain Python ``int``/``float``/``str``/``list`` (NaN allowed), so ``json.dump``
-        writes them directly.
+    Returns:
+        dict: ``{"n_samples", "class_names", "confidence", "ci_method", "per_class": {name: {...}},
+            "mean_auroc", "mean_average_precision", "macro": {...}}``. Each ``per_class`` entry has
+            ``n_pos, n_neg, n_missing, auroc, auroc_ci_low, auroc_ci_high, average_precision`` and, with
+            thresholds, ``threshold, sensitivity, specificity, ppv, npv, f1, tp, fp, tn, fn``.
+            ``mean_auroc`` is the NaN-ignoring mean over classes (classes with a single label value have
+            ``auroc = nan``); ``macro`` holds the same NaN-ignoring means of every per-class float. All
+            values are plain Python ``int``/``float``/``str``/``list`` (NaN allowed), so ``json.dump``
+            writes them directly.
     """
-    from medbundle.metrics.roc import average_precision, delong_auc_ci  # roc imports this module's helpers
+    from medbundle.metrics.roc import (  # scikit-learn and scipy.stats load here, not at import
+        average_precision,
+        delong_auc_ci,
+    )
 
-    t = _check_multilabel_targets(y_true, "y_true")
-    s = _check_scores(y_score, t.shape[0], "y_score", ndim=2)
-    _check_same_shape(t, s, "y_true", "y_score")
+    t = check_multilabel_targets(y_true, "y_true")
+    s = check_scores(y_score, t.shape[0], "y_score", ndim=2)
+    check_same_shape(t, s, "y_true", "y_score")
     n_classes = t.shape[1]
     names = [str(c) for c in class_names]
     if len(names) != n_classes:
@@ -445,7 +348,7 @@ def multilabel_classification_report(
         raise ValueError(f"class_names must be unique, got {names}.")
     thr: list[float] | None = None
     if thresholds is not None:
-        thr_arr = np.asarray(_to_numpy(thresholds, "thresholds"), dtype=np.float64).reshape(-1)
+        thr_arr = np.asarray(to_numpy(thresholds, "thresholds"), dtype=np.float64).reshape(-1)
         if thr_arr.size == 1:
             thr_arr = np.repeat(thr_arr, n_classes)
         if thr_arr.size != n_classes or not np.isfinite(thr_arr).all():

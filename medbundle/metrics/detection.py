@@ -15,22 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from medbundle.utils import to_numpy
+
 __all__ = ["box_iou", "coco_detection_metrics"]
 
 # 101 recall points 0.00, 0.01, ..., 1.00 (COCO / MONAI interpolation).
 _RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101, endpoint=True)
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    """Return ``x`` as a numpy array (torch tensors are detached and moved to the CPU)."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _check_boxes(boxes: Any, name: str) -> np.ndarray:
     """Check a ``(N, 2*D)`` corner-box array and return it as float64."""
-    arr = _as_numpy(boxes)
+    arr = to_numpy(boxes)
     if arr.ndim == 1 and arr.size == 0:
         raise ValueError(
             f"{name} is a 1-D empty array; pass an empty box array with its width, e.g. np.zeros((0, 6))."
@@ -55,7 +52,7 @@ def _check_boxes(boxes: Any, name: str) -> np.ndarray:
 
 def _check_boxes_or_empty(boxes: Any, name: str) -> np.ndarray:
     """Like :func:`_check_boxes`, but any empty input (``[]``, ``np.zeros((0, 6))``) means no boxes."""
-    arr = _as_numpy(boxes)
+    arr = to_numpy(boxes)
     if arr.size == 0:
         return np.zeros((0, arr.shape[1] if arr.ndim == 2 and arr.shape[1] in (4, 6) else 0))
     return _check_boxes(arr, name)
@@ -64,25 +61,21 @@ def _check_boxes_or_empty(boxes: Any, name: str) -> np.ndarray:
 def box_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
     """Intersection over union of every pair of axis-aligned corner boxes, in 2D or 3D.
 
-    Parameters
-    ----------
-    boxes1 : array-like or torch.Tensor, shape (N, 2*D)
-        Corner boxes ``(x1, y1, x2, y2)`` (D=2) or ``(x1, y1, z1, x2, y2, z2)`` (D=3), in any unit
-        (voxels or mm), both arrays in the same unit. Max corners must not be below min corners.
-    boxes2 : array-like or torch.Tensor, shape (M, 2*D)
-        Same format as ``boxes1``.
+    Args:
+        boxes1 (array-like or torch.Tensor, shape (N, 2*D)): Corner boxes ``(x1, y1, x2, y2)`` (D=2) or ``(x1, y1, z1,
+        x2, y2, z2)`` (D=3), in any unit
+            (voxels or mm), both arrays in the same unit. Max corners must not be below min corners.
+        boxes2 (array-like or torch.Tensor, shape (M, 2*D)): Same format as ``boxes1``.
 
-    Returns
-    -------
-    np.ndarray, shape (N, M), float64
-        ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|`` with extents ``max - min`` (no "+1"), the
-        convention of :func:`torchvision.ops.box_iou` and :func:`monai.data.box_utils.box_iou`.
-        A pair whose union is empty (two degenerate boxes) has IoU 0.
+    Returns:
+        np.ndarray, shape (N, M), float64: ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|`` with extents ``max - min`` (no
+        "+1"), the
+            convention of :func:`torchvision.ops.box_iou` and :func:`monai.data.box_utils.box_iou`.
+            A pair whose union is empty (two degenerate boxes) has IoU 0.
 
-    Notes
-    -----
-    Unlike the torchvision and MONAI functions this accepts numpy or torch input of either
-    dimensionality, always computes in float64, and rejects malformed boxes with a message.
+    Note:
+        Unlike the torchvision and MONAI functions this accepts numpy or torch input of either
+        dimensionality, always computes in float64, and rejects malformed boxes with a message.
     """
     b1 = _check_boxes(boxes1, "boxes1")
     b2 = _check_boxes(boxes2, "boxes2")
@@ -168,51 +161,45 @@ def coco_detection_metrics(
 ) -> dict[str, Any]:
     """COCO-style AP per class and IoU threshold, mAP and max recall, as MONAI's ``COCOMetric`` computes.
 
-    Parameters
-    ----------
-    pred_boxes : sequence of array-like, one per image, shape (K_i, 2*D)
-        Predicted corner boxes (see :func:`box_iou`), numpy or torch. Use ``np.zeros((0, 2*D))`` for an
-        image without predictions.
-    pred_scores : sequence of array-like, one per image, shape (K_i,)
-        Confidence of each predicted box; higher is more confident.
-    pred_labels : sequence of array-like, one per image, shape (K_i,), int
-        Class index of each predicted box, ``0 <= label < len(classes)``.
-    gt_boxes : sequence of array-like, one per image, shape (G_i, 2*D)
-        Ground-truth corner boxes, in the same unit as the predictions.
-    gt_labels : sequence of array-like, one per image, shape (G_i,), int
-        Class index of each ground-truth box.
-    classes : sequence of str
-        Class names; ``classes[i]`` names label ``i``.
-    iou_thresholds : sequence of float, default (0.1, 0.2, 0.3, 0.4, 0.5)
-        IoU thresholds at which AP and recall are computed; mAP and mAR average over them. MONAI's
-        ``COCOMetric(iou_list=(0.1, 0.5), iou_range=(0.1, 0.5, 0.1))`` uses the same set.
-    max_detections : int, default 100
-        Highest-scoring predictions kept per image and class (MONAI's ``max_detection[-1]``).
+    Args:
+        pred_boxes (sequence of array-like, one per image, shape (K_i, 2*D)): Predicted corner boxes (see
+        :func:`box_iou`), numpy or torch. Use ``np.zeros((0, 2*D))`` for an
+            image without predictions.
+        pred_scores (sequence of array-like, one per image, shape (K_i,)): Confidence of each predicted box; higher is
+        more confident.
+        pred_labels (sequence of array-like, one per image, shape (K_i,), int): Class index of each predicted box, ``0
+        <= label < len(classes)``.
+        gt_boxes (sequence of array-like, one per image, shape (G_i, 2*D)): Ground-truth corner boxes, in the same unit
+        as the predictions.
+        gt_labels (sequence of array-like, one per image, shape (G_i,), int): Class index of each ground-truth box.
+        classes (sequence of str): Class names; ``classes[i]`` names label ``i``.
+        iou_thresholds (sequence of float, default (0.1, 0.2, 0.3, 0.4, 0.5)): IoU thresholds at which AP and recall are
+        computed; mAP and mAR average over them. MONAI's
+            ``COCOMetric(iou_list=(0.1, 0.5), iou_range=(0.1, 0.5, 0.1))`` uses the same set.
+        max_detections (int, default 100): Highest-scoring predictions kept per image and class (MONAI's
+            ``max_detection[-1]``).
 
-    Returns
-    -------
-    dict
-        ``iou_thresholds`` (list of float), ``max_detections``, ``classes``;
-        ``ap``: ``{class: {iou_key: AP}}`` (101-point interpolated precision, MONAI's
-        ``{class}_AP_IoU_{t}_MaxDet_{m}``); ``ap_per_iou``: ``{iou_key: mean AP over classes}``
-        (``AP_IoU_{t}_MaxDet_{m}``); ``map_per_class``: ``{class: mean AP over thresholds}``;
-        ``map``: mean AP over thresholds and classes (``mAP_IoU_..._MaxDet_{m}``); ``recall``:
-        ``{class: {iou_key: max recall}}``; ``mar_per_class``; ``mar`` (``mAR_IoU_..._MaxDet_{m}``);
-        ``n_gt`` and ``n_pred`` per class. ``iou_key`` is the threshold written with ``:g``
-        (``"0.1"``, ``"0.3"``).
+    Returns:
+        dict: ``iou_thresholds`` (list of float), ``max_detections``, ``classes``;
+            ``ap``: ``{class: {iou_key: AP}}`` (101-point interpolated precision, MONAI's
+            ``{class}_AP_IoU_{t}_MaxDet_{m}``); ``ap_per_iou``: ``{iou_key: mean AP over classes}``
+            (``AP_IoU_{t}_MaxDet_{m}``); ``map_per_class``: ``{class: mean AP over thresholds}``;
+            ``map``: mean AP over thresholds and classes (``mAP_IoU_..._MaxDet_{m}``); ``recall``:
+            ``{class: {iou_key: max recall}}``; ``mar_per_class``; ``mar`` (``mAR_IoU_..._MaxDet_{m}``);
+            ``n_gt`` and ``n_pred`` per class. ``iou_key`` is the threshold written with ``:g``
+            (``"0.1"``, ``"0.3"``).
 
-    Notes
-    -----
-    Conventions (MONAI / nnDetection / pycocotools): predictions are sorted by score (stable), cut to
-    ``max_detections`` per image and class, and matched greedily per image and class: each takes the
-    unmatched ground truth of highest IoU >= threshold, so a duplicate detection of a matched box is a
-    false positive. Across images, detections are ranked by score (stable, in image order), precision is
-    made monotone, and AP is the mean precision at the 101 recalls 0, 0.01, ..., 1 (0 beyond the
-    highest recall reached). Recall is the recall after all kept detections.
+    Note:
+        Conventions (MONAI / nnDetection / pycocotools): predictions are sorted by score (stable), cut to
+        ``max_detections`` per image and class, and matched greedily per image and class: each takes the
+        unmatched ground truth of highest IoU >= threshold, so a duplicate detection of a matched box is a
+        false positive. Across images, detections are ranked by score (stable, in image order), precision is
+        made monotone, and AP is the mean precision at the 101 recalls 0, 0.01, ..., 1 (0 beyond the
+        highest recall reached). Recall is the recall after all kept detections.
 
-    The one difference from MONAI: a class with no ground-truth box in any image has AP and recall NaN
-    and is left out of the class means (MONAI stores -1 for such a class and averages that -1 into its
-    mAP). Whenever every class has ground truth, the values are MONAI's.
+        The one difference from MONAI: a class with no ground-truth box in any image has AP and recall NaN
+        and is left out of the class means (MONAI stores -1 for such a class and averages that -1 into its
+        mAP). Whenever every class has ground truth, the values are MONAI's.
     """
     n_images = len(pred_boxes)
     lengths = {
@@ -255,9 +242,9 @@ def coco_detection_metrics(
                     f"{name}[{i}] has boxes of width {arr.shape[1]} but earlier boxes have width "
                     f"{dim_width}; all images must be 2D (4 values) or all 3D (6 values)."
                 )
-        ps = _as_numpy(pred_scores[i]).astype(np.float64).reshape(-1)
-        pl = _as_numpy(pred_labels[i]).reshape(-1)
-        gl = _as_numpy(gt_labels[i]).reshape(-1)
+        ps = to_numpy(pred_scores[i]).astype(np.float64).reshape(-1)
+        pl = to_numpy(pred_labels[i]).reshape(-1)
+        gl = to_numpy(gt_labels[i]).reshape(-1)
         if ps.size != pb.shape[0] or pl.size != pb.shape[0]:
             raise ValueError(
                 f"image {i}: pred_boxes has {pb.shape[0]} boxes but pred_scores has {ps.size} and "

@@ -5,7 +5,7 @@ every scan, nodule and mark in Python. This module implements the same protocol 
 each rule), reads the challenge CSV files without pandas, bootstraps scans for confidence intervals and
 runs a full LUNA16 evaluation (888 scans x 100 marks) in well under a second.
 
-The ``medbundle froc`` command (``froc_command``) wraps :func:`evaluate_luna16_files`::
+The ``medbundle froc`` command wraps :func:`evaluate_luna16_files`::
 
     medbundle froc --annotations annotations.csv --excluded annotations_excluded.csv \\
         --seriesuids seriesuids.csv --results results.csv --out eval_dir --bootstrap 1000
@@ -13,12 +13,9 @@ The ``medbundle froc`` command (``froc_command``) wraps :func:`evaluate_luna16_f
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,138 +23,33 @@ from typing import Any
 
 import numpy as np
 
+from medbundle.io.luna16_csv import (
+    ANNOTATION_COLUMNS,
+    RESULT_COLUMNS,
+    Table,
+    read_luna16_annotations,
+    read_luna16_results,
+    read_seriesuids,
+)
+from medbundle.utils import to_jsonable
+
 __all__ = [
-    "ANNOTATION_COLUMNS",
-    "RESULT_COLUMNS",
     "DEFAULT_FP_RATES",
-    "read_luna16_annotations",
-    "read_luna16_results",
-    "read_seriesuids",
     "luna16_froc",
     "froc_sensitivity_by_size",
     "luna16_froc_by_size",
     "size_stratum_names",
     "evaluate_luna16_files",
     "summary",
-    "froc_command",
 ]
 
-ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
-RESULT_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
 DEFAULT_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _GRID_MIN, _GRID_MAX, _GRID_NUM = 0.125, 8.0, 10001  # the published script's interpolation grid
 _BAND_POINTS = 121  # log-spaced FP rates at which the bootstrap band is stored for plotting
 _CURVE_KEYS = ("fps_per_scan", "sensitivity", "thresholds", "bootstrap_curve")
 
-Table = dict[str, np.ndarray]
 
 
-# ----------------------------------------------------------------------------------------------- reading
-def _read_table(path: str | os.PathLike, columns: Sequence[str]) -> Table:
-    """Read a CSV with a header row into ``{column: array}``; ``seriesuid`` as str, the rest as float64."""
-    path = os.fspath(path)
-    try:
-        handle = open(path, newline="", encoding="utf-8-sig")
-    except OSError as err:
-        raise OSError(f"cannot open {path}: {err.strerror or err}") from err
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        while header is not None and not any(cell.strip() for cell in header):
-            header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path} is empty; expected a header row with columns {', '.join(columns)}.")
-        names = [cell.strip() for cell in header]
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise ValueError(
-                f"{path} is missing column(s) {', '.join(missing)}; its header is {','.join(names)} "
-                f"but LUNA16 files need {','.join(columns)}."
-            )
-        idx = [names.index(c) for c in columns]
-        values: list[list[str]] = [[] for _ in columns]
-        for line_no, row in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) <= max(idx):
-                raise ValueError(
-                    f"{path}, line {line_no}: {len(row)} field(s) but the header has {len(names)}; "
-                    "fix or remove the truncated row."
-                )
-            for k, i in enumerate(idx):
-                values[k].append(row[i].strip())
-    table: Table = {columns[0]: np.asarray(values[0], dtype=str)}
-    for k, name in enumerate(columns[1:], start=1):
-        col = np.empty(len(values[k]), dtype=np.float64)
-        for j, text in enumerate(values[k]):
-            try:
-                col[j] = float(text)
-            except ValueError:
-                raise ValueError(
-                    f"{path}: column {name} holds {text!r} in data row {j + 1}, which is not a number."
-                ) from None
-        if not np.all(np.isfinite(col)):
-            j = int(np.flatnonzero(~np.isfinite(col))[0])
-            raise ValueError(f"{path}: column {name} is NaN or infinite in data row {j + 1}.")
-        table[name] = col
-    return table
-
-
-def read_luna16_annotations(path: str | os.PathLike) -> Table:
-    """Read ``annotations.csv`` or ``annotations_excluded.csv`` (LUNA16 layout).
-
-    Parameters
-    ----------
-    path : str or path-like
-        CSV with header ``seriesuid,coordX,coordY,coordZ,diameter_mm`` (other columns are ignored).
-
-    Returns
-    -------
-    dict of str to np.ndarray
-        ``seriesuid`` (str array, shape (N,)); ``coordX``, ``coordY``, ``coordZ`` (float64, world mm);
-        ``diameter_mm`` (float64; negative values are kept, :func:`luna16_froc` reads them as 10 mm).
-
-    Raises
-    ------
-    ValueError
-        Naming the file and the missing column, or the row and column that is not a number.
-    """
-    return _read_table(path, ANNOTATION_COLUMNS)
-
-
-def read_luna16_results(path: str | os.PathLike) -> Table:
-    """Read a LUNA16 submission ``seriesuid,coordX,coordY,coordZ,probability`` (one row per CAD mark).
-
-    Returns
-    -------
-    dict of str to np.ndarray
-        ``seriesuid`` (str, shape (K,)); ``coordX``, ``coordY``, ``coordZ`` (float64, world mm);
-        ``probability`` (float64, any monotone score; higher is more suspicious).
-    """
-    return _read_table(path, RESULT_COLUMNS)
-
-
-def read_seriesuids(path: str | os.PathLike) -> list[str]:
-    """Read ``seriesuids.csv``: one series UID per line in the first field, no header.
-
-    A first line reading ``seriesuid`` is taken as a header and skipped; blank lines are skipped.
-
-    Returns
-    -------
-    list of str
-        The UIDs in file order (duplicates kept; :func:`luna16_froc` drops them with a warning).
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
-    except OSError as err:
-        raise OSError(f"cannot open {path}: {err.strerror or err}") from err
-    if rows and rows[0].lower() == "seriesuid":
-        rows = rows[1:]
-    if not rows:
-        raise ValueError(f"{path} lists no series UIDs; expected one UID per line.")
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -412,73 +304,65 @@ def luna16_froc(
 ) -> dict[str, Any]:
     """LUNA16 FROC curve, sensitivities at fixed FP rates and CPM, with optional scan-bootstrap CIs.
 
-    Parameters
-    ----------
-    annotations : mapping
-        Reference nodules: ``seriesuid`` (N,), ``coordX``, ``coordY``, ``coordZ`` (N,) world mm and
-        ``diameter_mm`` (N,), e.g. from :func:`read_luna16_annotations`.
-    results : mapping
-        CAD marks: ``seriesuid`` (K,), ``coordX``, ``coordY``, ``coordZ`` (K,) world mm and
-        ``probability`` (K,), e.g. from :func:`read_luna16_results`.
-    seriesuids : sequence of str, optional
-        The evaluated scans (LUNA16: the 888 of ``seriesuids.csv``). Scans listed without marks still
-        count in the FPs-per-scan denominator. Marks on scans not listed are ignored with a warning (as the
-        published script ignores them), and so are annotations of such scans. If None, the scans are those
-        named in ``annotations``, ``excluded`` or ``results`` - pass the full list when some scans have no
-        nodule and no mark, or the FP rate is overstated.
-    excluded : mapping, optional
-        Findings (``annotations_excluded.csv``, same columns as ``annotations``) whose marks count neither
-        as hits nor as false positives.
-    fp_rates : sequence of float, default (1/8, 1/4, 1/2, 1, 2, 4, 8)
-        Average FPs per scan at which sensitivity is read; CPM is the mean of those sensitivities.
-    max_marks_per_scan : int or None, default 100
-        Cap on marks per scan; None keeps all.
-    n_bootstraps : int, default 0
-        Scan-level bootstrap resamples (with replacement) for confidence intervals; 0 for none. The
-        published evaluation uses 1000.
-    confidence : float, default 0.95
-        Two-sided level of the bootstrap intervals.
-    seed : int, default 0
-        Seed of the bootstrap resampling (``numpy.random.default_rng``).
+    Args:
+        annotations (mapping): Reference nodules: ``seriesuid`` (N,), ``coordX``, ``coordY``, ``coordZ`` (N,) world mm
+            and
+            ``diameter_mm`` (N,), e.g. from :func:`read_luna16_annotations`.
+        results (mapping): CAD marks: ``seriesuid`` (K,), ``coordX``, ``coordY``, ``coordZ`` (K,) world mm and
+            ``probability`` (K,), e.g. from :func:`read_luna16_results`.
+        seriesuids (sequence of str, optional): The evaluated scans (LUNA16: the 888 of ``seriesuids.csv``). Scans
+            listed without marks still
+            count in the FPs-per-scan denominator. Marks on scans not listed are ignored with a warning (as the
+            published script ignores them), and so are annotations of such scans. If None, the scans are those
+            named in ``annotations``, ``excluded`` or ``results`` - pass the full list when some scans have no
+            nodule and no mark, or the FP rate is overstated.
+        excluded (mapping, optional): Findings (``annotations_excluded.csv``, same columns as ``annotations``) whose
+            marks count neither
+            as hits nor as false positives.
+        fp_rates (sequence of float, default (1/8, 1/4, 1/2, 1, 2, 4, 8)): Average FPs per scan at which sensitivity is
+        read; CPM is the mean of those sensitivities.
+        max_marks_per_scan (int or None, default 100): Cap on marks per scan; None keeps all.
+        n_bootstraps (int, default 0): Scan-level bootstrap resamples (with replacement) for confidence intervals; 0 for
+            none. The
+            published evaluation uses 1000.
+        confidence (float, default 0.95): Two-sided level of the bootstrap intervals.
+        seed (int, default 0): Seed of the bootstrap resampling (``numpy.random.default_rng``).
 
-    Returns
-    -------
-    dict
-        ``fp_rates``, ``sensitivities`` (one per rate), ``cpm``, ``cpm_convention`` ("linear
-        interpolation"), ``interpolation_grid`` ([start, stop, num]); the FROC curve ``fps_per_scan``,
-        ``sensitivity``, ``thresholds`` (lists; the first point is the origin (0, 0) with threshold None,
-        so that ``np.interp(x, fps_per_scan, sensitivity)`` reproduces the figures); counts ``n_scans``,
-        ``n_nodules``, ``n_detected``, ``n_false_positives``, ``n_marks`` (after the cap),
-        ``n_marks_over_cap``, ``n_marks_on_excluded``, ``n_extra_hits``, ``n_marks_hitting_several_nodules``,
-        ``n_marks_unlisted_scan``; ``max_sensitivity`` and ``max_fps_per_scan``. With bootstrapping also
-        ``n_bootstraps``, ``n_bootstraps_valid``, ``confidence``, ``seed``, ``sensitivities_ci`` ([low,
-        high] per rate), ``cpm_ci``, ``cpm_bootstrap_mean`` and ``bootstrap_curve`` (``fps_per_scan``,
-        ``sensitivity_mean``, ``sensitivity_low``, ``sensitivity_high`` on 121 log-spaced rates).
+    Returns:
+        dict: ``fp_rates``, ``sensitivities`` (one per rate), ``cpm``, ``cpm_convention`` ("linear
+            interpolation"), ``interpolation_grid`` ([start, stop, num]); the FROC curve ``fps_per_scan``,
+            ``sensitivity``, ``thresholds`` (lists; the first point is the origin (0, 0) with threshold None,
+            so that ``np.interp(x, fps_per_scan, sensitivity)`` reproduces the figures); counts ``n_scans``,
+            ``n_nodules``, ``n_detected``, ``n_false_positives``, ``n_marks`` (after the cap),
+            ``n_marks_over_cap``, ``n_marks_on_excluded``, ``n_extra_hits``, ``n_marks_hitting_several_nodules``,
+            ``n_marks_unlisted_scan``; ``max_sensitivity`` and ``max_fps_per_scan``. With bootstrapping also
+            ``n_bootstraps``, ``n_bootstraps_valid``, ``confidence``, ``seed``, ``sensitivities_ci`` ([low,
+            high] per rate), ``cpm_ci``, ``cpm_bootstrap_mean`` and ``bootstrap_curve`` (``fps_per_scan``,
+            ``sensitivity_mean``, ``sensitivity_low``, ``sensitivity_high`` on 121 log-spaced rates).
 
-    Notes
-    -----
-    The protocol of the published LUNA16 evaluation script (``noduleCADEvaluationLUNA16.py``):
+    Note:
+        The protocol of the published LUNA16 evaluation script (``noduleCADEvaluationLUNA16.py``):
 
-    * Cap: when a scan has more than ``max_marks_per_scan`` marks, only marks with probability strictly
-      above the (cap+1)-th highest are kept - marks tied with that value are all dropped, so a scan keeps
-      at most ``cap`` marks, and fewer when the scores tie at the cut.
-    * A mark hits a finding when its squared distance to the centre is < (diameter/2)^2; a negative
-      diameter is read as 10 mm.
-    * A nodule hit by several marks is detected once, with the highest probability among its hits; the
-      other hits are neither TP nor FP (``n_extra_hits``). A mark inside two nodules counts as a hit for
-      both (the script does the same and prints a warning; so do we).
-    * A mark that hits no nodule but an excluded finding is dropped; any other mark is a false positive.
-    * Missed nodules stay in the sensitivity denominator. FPs per scan divide by the number of scans.
-    * The curve is the ROC of (detected nodules' best probabilities, FP probabilities), with the FP rate
-      scaled to FPs per scan and the TPR by detected / total, starting at (0, 0). Sensitivity at rate
-      ``r`` is ``np.interp`` of the curve at the point of ``linspace(0.125, 8, 10001)`` nearest to ``r``
-      (the script's grid and read-out; the grid widens to cover rates outside [0.125, 8]). CPM is the
-      mean ("linear interpolation" convention; some copies of the script take the curve point at the
-      nearest FP rate above each target instead, which gives a different CPM).
-    * Bootstrap: scans are drawn with replacement (n_scans per resample), the FROC is recomputed (the
-      FP denominator stays n_scans), and the interval is the order statistic
-      ``sorted[floor(a*B)], sorted[floor((1-a)*B)]`` with ``a = (1 - confidence) / 2`` as in the script.
-      A resample that holds no nodule is skipped (``n_bootstraps_valid``).
+        * Cap: when a scan has more than ``max_marks_per_scan`` marks, only marks with probability strictly
+          above the (cap+1)-th highest are kept - marks tied with that value are all dropped, so a scan keeps
+          at most ``cap`` marks, and fewer when the scores tie at the cut.
+        * A mark hits a finding when its squared distance to the centre is < (diameter/2)^2; a negative
+          diameter is read as 10 mm.
+        * A nodule hit by several marks is detected once, with the highest probability among its hits; the
+          other hits are neither TP nor FP (``n_extra_hits``). A mark inside two nodules counts as a hit for
+          both (the script does the same and prints a warning; so do we).
+        * A mark that hits no nodule but an excluded finding is dropped; any other mark is a false positive.
+        * Missed nodules stay in the sensitivity denominator. FPs per scan divide by the number of scans.
+        * The curve is the ROC of (detected nodules' best probabilities, FP probabilities), with the FP rate
+          scaled to FPs per scan and the TPR by detected / total, starting at (0, 0). Sensitivity at rate
+          ``r`` is ``np.interp`` of the curve at the point of ``linspace(0.125, 8, 10001)`` nearest to ``r``
+          (the script's grid and read-out; the grid widens to cover rates outside [0.125, 8]). CPM is the
+          mean ("linear interpolation" convention; some copies of the script take the curve point at the
+          nearest FP rate above each target instead, which gives a different CPM).
+        * Bootstrap: scans are drawn with replacement (n_scans per resample), the FROC is recomputed (the
+          FP denominator stays n_scans), and the interval is the order statistic
+          ``sorted[floor(a*B)], sorted[floor((1-a)*B)]`` with ``a = (1 - confidence) / 2`` as in the script.
+          A resample that holds no nodule is skipped (``n_bootstraps_valid``).
     """
     ann = _check_table(annotations, ANNOTATION_COLUMNS, "annotations")
     res = _check_table(results, RESULT_COLUMNS, "results")
@@ -755,15 +639,6 @@ def _bootstrap(
 
 
 # ------------------------------------------------------------------------------------------ files / CLI
-def _json_ready(obj: Any) -> Any:
-    """Replace non-finite floats by None so the file is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    return obj
 
 
 def evaluate_luna16_files(
@@ -778,28 +653,21 @@ def evaluate_luna16_files(
 ) -> dict[str, Any]:
     """Read LUNA16 CSV files, run :func:`luna16_froc`, and optionally write ``froc.json`` and ``froc.png``.
 
-    Parameters
-    ----------
-    annotations_csv, results_csv : path
-        ``annotations.csv`` and the CAD submission (see :func:`read_luna16_annotations`,
-        :func:`read_luna16_results`).
-    seriesuids_csv, excluded_csv : path, optional
-        ``seriesuids.csv`` and ``annotations_excluded.csv``.
-    out_dir : path, optional
-        Folder (created if needed) for ``froc.json`` (the full result, strict JSON) and ``froc.png``
-        (FROC curve on a log2 axis, with the bootstrap band when bootstrapped).
-    n_bootstraps : int, default 1000
-        Scan bootstrap resamples for the confidence intervals (0 for none).
-    seed : int, default 0
-        Bootstrap seed.
-    max_marks_per_scan : int or None, default 100
-        Cap on marks per scan.
+    Args:
+        annotations_csv, results_csv (path): ``annotations.csv`` and the CAD submission (see
+            :func:`read_luna16_annotations`,
+            :func:`read_luna16_results`).
+        seriesuids_csv, excluded_csv (path, optional): ``seriesuids.csv`` and ``annotations_excluded.csv``.
+        out_dir (path, optional): Folder (created if needed) for ``froc.json`` (the full result, strict JSON) and
+            ``froc.png``
+            (FROC curve on a log2 axis, with the bootstrap band when bootstrapped).
+        n_bootstraps (int, default 1000): Scan bootstrap resamples for the confidence intervals (0 for none).
+        seed (int, default 0): Bootstrap seed.
+        max_marks_per_scan (int or None, default 100): Cap on marks per scan.
 
-    Returns
-    -------
-    dict
-        The result of :func:`luna16_froc` plus ``inputs`` (the file paths) and, with ``out_dir``,
-        ``outputs`` (the written paths).
+    Returns:
+        dict: The result of :func:`luna16_froc` plus ``inputs`` (the file paths) and, with ``out_dir``,
+            ``outputs`` (the written paths).
     """
     annotations = read_luna16_annotations(annotations_csv)
     results = read_luna16_results(results_csv)
@@ -822,7 +690,7 @@ def evaluate_luna16_files(
         json_path = os.path.join(out_dir, "froc.json")
         png_path = os.path.join(out_dir, "froc.png")
         with open(json_path, "w", encoding="utf-8") as handle:
-            json.dump(_json_ready(result), handle, indent=2, allow_nan=False)
+            json.dump(to_jsonable(result), handle, indent=2, allow_nan=False)
         plot_froc(result, png_path)
         result["outputs"] = {"json": json_path, "png": png_path}
     return result
@@ -832,38 +700,3 @@ def summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """The result without its long curve arrays (what ``medbundle froc`` prints)."""
     return {k: v for k, v in result.items() if k not in _CURVE_KEYS}
 
-
-def froc_command(argv: list[str] | None = None) -> int:
-    """``medbundle froc``: LUNA16 FROC/CPM from CSV files; prints the summary JSON; returns an exit code.
-
-    Returns 0 on success and 1 when an input file cannot be read or is malformed (the message, naming the
-    file, goes to stderr). Bad arguments exit through argparse (code 2).
-    """
-    parser = argparse.ArgumentParser(
-        prog="medbundle froc",
-        description="LUNA16 FROC: sensitivity at 1/8..8 FPs per scan and CPM (linear interpolation).",
-    )
-    add = parser.add_argument
-    add("--annotations", required=True, help="annotations.csv (seriesuid,coordX,coordY,coordZ,diameter_mm)")
-    add("--results", required=True, help="CAD marks CSV (seriesuid,coordX,coordY,coordZ,probability)")
-    add("--excluded", default=None, help="annotations_excluded.csv (marks on these are ignored)")
-    add("--seriesuids", default=None, help="seriesuids.csv: the evaluated scans, one UID per line")
-    add("--out", default=None, help="folder for froc.json and froc.png")
-    add("--bootstrap", type=int, default=1000, help="scan bootstrap resamples for CIs (0: none)")
-    add("--seed", type=int, default=0, help="bootstrap seed")
-    add("--max-marks", type=int, default=100, help="marks kept per scan (highest probability)")
-    args = parser.parse_args(argv)
-    if args.bootstrap < 0:
-        parser.error("--bootstrap must be >= 0")
-    if args.max_marks < 1:
-        parser.error("--max-marks must be >= 1")
-    try:
-        result = evaluate_luna16_files(
-            args.annotations, args.results, seriesuids_csv=args.seriesuids, excluded_csv=args.excluded,
-            out_dir=args.out, n_bootstraps=args.bootstrap, seed=args.seed, max_marks_per_scan=args.max_marks,
-        )
-    except (OSError, ValueError) as err:
-        print(f"medbundle froc: error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(_json_ready(summary(result)), indent=2))
-    return 0

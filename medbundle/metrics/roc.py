@@ -15,13 +15,12 @@ What this module adds over :mod:`sklearn.metrics`:
 - A vectorised (stratified) percentile bootstrap CI (:func:`bootstrap_auc_ci`).
 - Operating points: Youden threshold, threshold at a target sensitivity or specificity.
 
-References
-----------
-E. R. DeLong, D. M. DeLong, D. L. Clarke-Pearson, "Comparing the areas under two or more correlated
-receiver operating characteristic curves: a nonparametric approach", Biometrics 44(3), 1988.
+References:
+    E. R. DeLong, D. M. DeLong, D. L. Clarke-Pearson, "Comparing the areas under two or more correlated
+    receiver operating characteristic curves: a nonparametric approach", Biometrics 44(3), 1988.
 
-X. Sun, W. Xu, "Fast implementation of DeLong's algorithm for comparing the areas under correlated
-receiver operating characteristic curves", IEEE Signal Processing Letters 21(11), 2014.
+    X. Sun, W. Xu, "Fast implementation of DeLong's algorithm for comparing the areas under correlated
+    receiver operating characteristic curves", IEEE Signal Processing Letters 21(11), 2014.
 """
 
 from __future__ import annotations
@@ -33,11 +32,11 @@ from numpy.typing import ArrayLike
 from scipy.stats import norm, rankdata
 from sklearn.metrics import average_precision_score
 
-from medbundle.metrics.classification import (
-    _check_binary_labels,
-    _check_multilabel_targets,
-    _check_same_shape,
-    _check_scores,
+from medbundle.metrics.validation import (
+    check_binary_labels,
+    check_multilabel_targets,
+    check_same_shape,
+    check_scores,
 )
 
 __all__ = [
@@ -63,9 +62,16 @@ _BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000
 
 
 def _binary_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    y = _check_binary_labels(y_true, "y_true")
-    s = _check_scores(y_score, y.shape[0], "y_score")
+    y = check_binary_labels(y_true, "y_true")
+    s = check_scores(y_score, y.shape[0], "y_score")
     return y, s
+
+
+def _class_counts(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Checked labels and scores with the number of positives ``m`` and negatives ``n``."""
+    y, s = _binary_inputs(y_true, y_score)
+    m = int(y.sum())
+    return y, s, m, y.size - m
 
 
 def _check_confidence(confidence: float) -> float:
@@ -90,22 +96,15 @@ def _check_target(target: float, name: str) -> float:
 def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Area under the ROC curve of a binary classifier (Mann-Whitney statistic, ties count 1/2).
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Labels in {0, 1}.
-    y_score : array-like of shape (N,)
-        Finite scores; higher means more likely positive.
+    Args:
+        y_true (array-like of shape (N,)): Labels in {0, 1}.
+        y_score (array-like of shape (N,)): Finite scores; higher means more likely positive.
 
-    Returns
-    -------
-    float
-        AUROC in [0, 1], equal to ``sklearn.metrics.roc_auc_score``; ``nan`` when only one class is
-        present (scikit-learn raises), so per-subgroup evaluations do not abort.
+    Returns:
+        float: AUROC in [0, 1], equal to ``sklearn.metrics.roc_auc_score``; ``nan`` when only one class is
+            present (scikit-learn raises), so per-subgroup evaluations do not abort.
     """
-    y, s = _binary_inputs(y_true, y_score)
-    m = int(y.sum())
-    n = y.size - m
+    y, s, m, n = _class_counts(y_true, y_score)
     if m == 0 or n == 0:
         return _NAN
     ranks = rankdata(s)  # midranks: ties share the average rank
@@ -125,9 +124,9 @@ def average_precision(y_true: ArrayLike, y_score: ArrayLike) -> float:
 
 
 def _per_class(fn: Any, y_true: ArrayLike, y_score: ArrayLike) -> np.ndarray:
-    t = _check_multilabel_targets(y_true, "y_true")
-    s = _check_scores(y_score, t.shape[0], "y_score", ndim=2)
-    _check_same_shape(t, s, "y_true", "y_score")
+    t = check_multilabel_targets(y_true, "y_true")
+    s = check_scores(y_score, t.shape[0], "y_score", ndim=2)
+    check_same_shape(t, s, "y_true", "y_score")
     out = np.full(t.shape[1], np.nan)
     for c in range(t.shape[1]):
         known = ~np.isnan(t[:, c])
@@ -138,18 +137,15 @@ def _per_class(fn: Any, y_true: ArrayLike, y_score: ArrayLike) -> np.ndarray:
 def roc_auc_per_class(y_true: ArrayLike, y_score: ArrayLike) -> np.ndarray:
     """AUROC of each class of a multi-label (or one-vs-rest) classifier, ignoring missing labels.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N, C)
-        Labels in {0, 1}; NaN means missing/uncertain and removes that sample from that class only.
-    y_score : array-like of shape (N, C)
-        Finite scores.
+    Args:
+        y_true (array-like of shape (N, C)): Labels in {0, 1}; NaN means missing/uncertain and removes that sample from
+        that class only.
+        y_score (array-like of shape (N, C)): Finite scores.
 
-    Returns
-    -------
-    numpy.ndarray of shape (C,), float64
-        Per-class AUROC; ``nan`` for a class whose known labels are all 0 or all 1.
-        ``np.nanmean`` of it is the usual "mean AUROC".
+    Returns:
+        numpy.ndarray of shape (C,), float64: Per-class AUROC; ``nan`` for a class whose known labels are all 0 or all
+        1.
+            ``np.nanmean`` of it is the usual "mean AUROC".
     """
     return _per_class(roc_auc, y_true, y_score)
 
@@ -204,20 +200,14 @@ def delong_auc_variance(y_true: ArrayLike, y_score: ArrayLike) -> tuple[float, f
     Cost is three sorts, O(N log N) time and O(N) memory, instead of the O(m n) pairwise comparisons of
     the textbook formulation; ties are handled exactly (they count 1/2, as in the Mann-Whitney AUC).
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Labels in {0, 1}.
-    y_score : array-like of shape (N,)
-        Finite scores.
+    Args:
+        y_true (array-like of shape (N,)): Labels in {0, 1}.
+        y_score (array-like of shape (N,)): Finite scores.
 
-    Returns
-    -------
-    auc : float
-        Equal to ``sklearn.metrics.roc_auc_score``; ``nan`` with a single class.
-    variance : float
-        DeLong variance of the AUC estimate, ``S10 / m + S01 / n``; ``nan`` with fewer than two
-        positives or two negatives.
+    Returns:
+        auc (float): Equal to ``sklearn.metrics.roc_auc_score``; ``nan`` with a single class.
+        variance (float): DeLong variance of the AUC estimate, ``S10 / m + S01 / n``; ``nan`` with fewer than two
+            positives or two negatives.
     """
     y, s = _binary_inputs(y_true, y_score)
     m = int(y.sum())
@@ -230,21 +220,15 @@ def delong_auc_variance(y_true: ArrayLike, y_score: ArrayLike) -> tuple[float, f
 def delong_auc_ci(y_true: ArrayLike, y_score: ArrayLike, confidence: float = 0.95) -> dict[str, float]:
     """AUROC with a DeLong confidence interval (normal approximation).
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Labels in {0, 1}.
-    y_score : array-like of shape (N,)
-        Finite scores.
-    confidence : float, default 0.95
-        Two-sided confidence level.
+    Args:
+        y_true (array-like of shape (N,)): Labels in {0, 1}.
+        y_score (array-like of shape (N,)): Finite scores.
+        confidence (float, default 0.95): Two-sided confidence level.
 
-    Returns
-    -------
-    dict
-        ``auc``, ``ci_low``, ``ci_high`` (``auc -/+ z * std`` with ``z`` the normal quantile, clipped to
-        [0, 1]) and ``std`` (DeLong standard error). All ``nan`` where undefined (single class; the
-        interval also with fewer than two samples in a class).
+    Returns:
+        dict: ``auc``, ``ci_low``, ``ci_high`` (``auc -/+ z * std`` with ``z`` the normal quantile, clipped to
+            [0, 1]) and ``std`` (DeLong standard error). All ``nan`` where undefined (single class; the
+            interval also with fewer than two samples in a class).
     """
     confidence = _check_confidence(confidence)
     auc, var = delong_auc_variance(y_true, y_score)
@@ -266,27 +250,22 @@ def delong_test(
     The two AUC estimates are correlated because the cases are shared; the test uses their DeLong
     covariance: ``z = (AUC_a - AUC_b) / sqrt(var_a + var_b - 2 cov_ab)``.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Labels in {0, 1}.
-    y_score_a, y_score_b : array-like of shape (N,)
-        Finite scores of the two models for the same N cases, in the same order.
-    confidence : float, default 0.95
-        Level of the reported CI of the difference ``AUC_a - AUC_b``.
+    Args:
+        y_true (array-like of shape (N,)): Labels in {0, 1}.
+        y_score_a, y_score_b (array-like of shape (N,)): Finite scores of the two models for the same N cases, in the
+        same order.
+        confidence (float, default 0.95): Level of the reported CI of the difference ``AUC_a - AUC_b``.
 
-    Returns
-    -------
-    dict
-        ``auc_a, auc_b, auc_diff`` (a - b), ``var_a, var_b, covariance`` (DeLong covariance of the two
-        AUC estimates), ``z``, ``p_value`` (two-sided, normal), ``diff_ci_low, diff_ci_high``.
-        When the variance of the difference is 0 (e.g. identical scores) ``z`` is 0 and ``p_value`` 1
-        if the AUCs are equal, else ``z = +/-inf`` and ``p_value`` 0. ``nan`` where undefined.
+    Returns:
+        dict: ``auc_a, auc_b, auc_diff`` (a - b), ``var_a, var_b, covariance`` (DeLong covariance of the two
+            AUC estimates), ``z``, ``p_value`` (two-sided, normal), ``diff_ci_low, diff_ci_high``.
+            When the variance of the difference is 0 (e.g. identical scores) ``z`` is 0 and ``p_value`` 1
+            if the AUCs are equal, else ``z = +/-inf`` and ``p_value`` 0. ``nan`` where undefined.
     """
     confidence = _check_confidence(confidence)
-    y = _check_binary_labels(y_true, "y_true")
-    sa = _check_scores(y_score_a, y.size, "y_score_a")
-    sb = _check_scores(y_score_b, y.size, "y_score_b")
+    y = check_binary_labels(y_true, "y_true")
+    sa = check_scores(y_score_a, y.size, "y_score_a")
+    sb = check_scores(y_score_b, y.size, "y_score_b")
     m = int(y.sum())
     keys = ("auc_a", "auc_b", "auc_diff", "var_a", "var_b", "covariance", "z", "p_value",
             "diff_ci_low", "diff_ci_high")
@@ -357,31 +336,24 @@ def bootstrap_auc_ci(
 ) -> dict[str, float]:
     """AUROC with a percentile bootstrap confidence interval.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Labels in {0, 1}.
-    y_score : array-like of shape (N,)
-        Finite scores.
-    n_bootstraps : int, default 1000
-        Number of resamples.
-    confidence : float, default 0.95
-        Two-sided level; the interval is the (1-confidence)/2 and (1+confidence)/2 percentiles.
-    stratified : bool, default True
-        Resample positives and negatives separately, keeping their counts (m, n) fixed, as pROC does.
-        Without it, whole cases are resampled and resamples holding a single class are skipped.
-    seed : int or None, default 0
-        Seed of ``numpy.random.default_rng``; the same seed and data give the same interval.
+    Args:
+        y_true (array-like of shape (N,)): Labels in {0, 1}.
+        y_score (array-like of shape (N,)): Finite scores.
+        n_bootstraps (int, default 1000): Number of resamples.
+        confidence (float, default 0.95): Two-sided level; the interval is the (1-confidence)/2 and (1+confidence)/2
+            percentiles.
+        stratified (bool, default True): Resample positives and negatives separately, keeping their counts (m, n) fixed,
+            as pROC does.
+            Without it, whole cases are resampled and resamples holding a single class are skipped.
+        seed (int or None, default 0): Seed of ``numpy.random.default_rng``; the same seed and data give the same
+            interval.
 
-    Returns
-    -------
-    dict
-        ``auc`` (on the original data), ``ci_low``, ``ci_high``, and ``n_bootstraps`` (the number of
-        resamples used). ``nan`` where undefined (single class).
+    Returns:
+        dict: ``auc`` (on the original data), ``ci_low``, ``ci_high``, and ``n_bootstraps`` (the number of
+            resamples used). ``nan`` where undefined (single class).
 
-    Notes
-    -----
-    Each resample costs O(N) (no re-sorting), vectorised over chunks of resamples.
+    Note:
+        Each resample costs O(N) (no re-sorting), vectorised over chunks of resamples.
     """
     confidence = _check_confidence(confidence)
     if int(n_bootstraps) < 1:
@@ -444,15 +416,11 @@ def threshold_youden(y_true: ArrayLike, y_score: ArrayLike) -> dict[str, float]:
     Predicted positive means ``y_score >= threshold``. The threshold is one of the observed scores;
     among equally good thresholds the highest (most specific) is returned.
 
-    Returns
-    -------
-    dict
-        ``threshold``, ``sensitivity``, ``specificity`` (achieved with ``>=`` on these data) and ``j``.
-        All ``nan`` when only one class is present.
+    Returns:
+        dict: ``threshold``, ``sensitivity``, ``specificity`` (achieved with ``>=`` on these data) and ``j``.
+            All ``nan`` when only one class is present.
     """
-    y, s = _binary_inputs(y_true, y_score)
-    m = int(y.sum())
-    n = y.size - m
+    y, s, m, n = _class_counts(y_true, y_score)
     if m == 0 or n == 0:
         return {**_undefined_point(), "j": _NAN}
     thr, tps, fps = _roc_table(y, s)
@@ -468,25 +436,17 @@ def threshold_at_sensitivity(y_true: ArrayLike, y_score: ArrayLike, target: floa
 
     Predicted positive means ``y_score >= threshold``; the threshold is one of the observed scores.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Labels in {0, 1}.
-    y_score : array-like of shape (N,)
-        Finite scores.
-    target : float
-        Required sensitivity in [0, 1].
+    Args:
+        y_true (array-like of shape (N,)): Labels in {0, 1}.
+        y_score (array-like of shape (N,)): Finite scores.
+        target (float): Required sensitivity in [0, 1].
 
-    Returns
-    -------
-    dict
-        ``threshold``, ``sensitivity`` (>= target), ``specificity``, as achieved on these data;
-        all ``nan`` when only one class is present.
+    Returns:
+        dict: ``threshold``, ``sensitivity`` (>= target), ``specificity``, as achieved on these data;
+            all ``nan`` when only one class is present.
     """
     target = _check_target(target, "target")
-    y, s = _binary_inputs(y_true, y_score)
-    m = int(y.sum())
-    n = y.size - m
+    y, s, m, n = _class_counts(y_true, y_score)
     if m == 0 or n == 0:
         return _undefined_point()
     thr, tps, fps = _roc_table(y, s)
@@ -500,25 +460,17 @@ def threshold_at_specificity(y_true: ArrayLike, y_score: ArrayLike, target: floa
     Predicted positive means ``y_score >= threshold``. The threshold is one of the observed scores, or,
     when only "nothing positive" reaches the target, the next float above the largest score.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N,)
-        Labels in {0, 1}.
-    y_score : array-like of shape (N,)
-        Finite scores.
-    target : float
-        Required specificity in [0, 1].
+    Args:
+        y_true (array-like of shape (N,)): Labels in {0, 1}.
+        y_score (array-like of shape (N,)): Finite scores.
+        target (float): Required specificity in [0, 1].
 
-    Returns
-    -------
-    dict
-        ``threshold``, ``sensitivity``, ``specificity`` (>= target), as achieved on these data;
-        all ``nan`` when only one class is present.
+    Returns:
+        dict: ``threshold``, ``sensitivity``, ``specificity`` (>= target), as achieved on these data;
+            all ``nan`` when only one class is present.
     """
     target = _check_target(target, "target")
-    y, s = _binary_inputs(y_true, y_score)
-    m = int(y.sum())
-    n = y.size - m
+    y, s, m, n = _class_counts(y_true, y_score)
     if m == 0 or n == 0:
         return _undefined_point()
     thr, tps, fps = _roc_table(y, s)
@@ -549,20 +501,15 @@ def specificity_at_sensitivity(y_true: ArrayLike, y_score: ArrayLike, sensitivit
 def youden_thresholds(y_true: ArrayLike, y_score: ArrayLike, default: float = 0.5) -> list[float]:
     """Youden threshold of each class of a multi-label classifier, ignoring NaN labels.
 
-    Parameters
-    ----------
-    y_true : array-like of shape (N, C)
-        Labels in {0, 1}; NaN = missing, ignored for that class.
-    y_score : array-like of shape (N, C)
-        Finite scores.
-    default : float, default 0.5
-        Threshold for a class where Youden's J is undefined (single label value or no known labels).
+    Args:
+        y_true (array-like of shape (N, C)): Labels in {0, 1}; NaN = missing, ignored for that class.
+        y_score (array-like of shape (N, C)): Finite scores.
+        default (float, default 0.5): Threshold for a class where Youden's J is undefined (single label value or no
+            known labels).
 
-    Returns
-    -------
-    list of float, length C
-        Plain Python floats, ready to pass as ``thresholds`` to
-        :func:`medbundle.metrics.classification.multilabel_classification_report`.
+    Returns:
+        list of float, length C: Plain Python floats, ready to pass as ``thresholds`` to
+            :func:`medbundle.metrics.classification.multilabel_classification_report`.
     """
     per_class = _per_class(lambda yc, sc: threshold_youden(yc, sc)["threshold"], y_true, y_score)
     return [float(default) if np.isnan(v) else float(v) for v in per_class]

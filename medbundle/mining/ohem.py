@@ -12,7 +12,9 @@ sample): it ranks elements by their loss value, keeps every positive and the ``n
 highest-loss negatives (SSD-style hard negative mining), and averages the loss over the kept elements
 (:func:`hard_negative_mask`, :class:`OHEMLoss`). For classification without a positive/negative split,
 :func:`topk_hard_example_loss` averages the ``k`` largest per-sample losses (Shrivastava et al., "Training
-Region-based Object Detectors with Online Hard Example Mining", CVPR 2016).
+Region-based Object Detectors with Online Hard Example Mining", CVPR 2016); :class:`HardExampleLoss` wraps
+it as a loss module, which the classifiers select with ``--loss_name ohem_bce`` / ``ohem_ce``
+(:func:`medbundle.losses.build_loss`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["hard_negative_mask", "OHEMLoss", "topk_hard_example_loss"]
+__all__ = ["hard_negative_mask", "HardExampleLoss", "OHEMLoss", "topk_hard_example_loss"]
 
 
 def _select_flat(
@@ -213,3 +215,48 @@ def topk_hard_example_loss(
         raise ValueError(f"k must be >= 1, got {k}.")
     assert k is not None
     return flat.topk(min(k, n)).values.mean()
+
+
+class HardExampleLoss(nn.Module):
+    """Online hard example mining for classification: the mean of the hardest ``keep_fraction`` of an
+    element-wise loss in each batch.
+
+    ``forward(input, target)`` computes ``loss(input, target)`` element-wise (per sample for cross-entropy,
+    per sample and class for multi-label BCE), leaves out the elements whose float target is NaN (missing
+    labels), and returns :func:`topk_hard_example_loss` of the rest: the easy elements give no gradient at
+    all, so each step learns from the examples the network gets most wrong. NaN targets are replaced by 0
+    before the inner loss sees them.
+
+    Args:
+        loss: module returning an element-wise loss (``reduction="none"``).
+        keep_fraction: fraction of the valid elements that give the gradient, in ``(0, 1]``
+            (``ceil(keep_fraction * n)``, at least 1).
+    """
+
+    def __init__(self, loss: nn.Module, keep_fraction: float = 0.5) -> None:
+        super().__init__()
+        if getattr(loss, "reduction", "none") != "none":
+            raise ValueError(
+                f"HardExampleLoss needs the element-wise loss; build the inner loss with reduction='none' "
+                f"(got reduction={loss.reduction!r})."
+            )
+        if not 0.0 < float(keep_fraction) <= 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}.")
+        self.loss = loss
+        self.keep_fraction = float(keep_fraction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the mean loss over the kept elements (scalar)."""
+        inner_target = target
+        valid = None
+        if target.is_floating_point():
+            valid = ~torch.isnan(target)
+            inner_target = torch.where(valid, target, torch.zeros_like(target))
+        elementwise = self.loss(input, inner_target)
+        if elementwise.ndim == 0:
+            raise ValueError("the inner loss returned a scalar; build it with reduction='none'.")
+        if valid is not None and valid.shape == elementwise.shape:
+            elementwise = elementwise[valid]
+        if elementwise.numel() == 0:  # every label missing: no gradient, but a graph to call backward() on
+            return input.sum() * 0.0
+        return topk_hard_example_loss(elementwise, keep_fraction=self.keep_fraction)

@@ -1,18 +1,7 @@
-"""Networks that MONAI lacks in the form the bundles need."""
+"""Networks that more than one domain builds on (the 3D ResNet of the CT classifier and of the detector's
+backbone); the detector's RetinaNet is in :mod:`medbundle.detection.networks`, the MIL network in
+:mod:`medbundle.pathology.networks`."""
 
 from medbundle.networks.resnet import RESNET_DEPTHS, ResNetClassifier
-from medbundle.networks.retinanet import (
-    feature_strides,
-    fpn_feature_extractor,
-    resnet_backbone,
-    retinanet_resnet_fpn,
-)
 
-__all__ = [
-    "RESNET_DEPTHS",
-    "ResNetClassifier",
-    "feature_strides",
-    "fpn_feature_extractor",
-    "resnet_backbone",
-    "retinanet_resnet_fpn",
-]
+__all__ = ["RESNET_DEPTHS", "ResNetClassifier"]

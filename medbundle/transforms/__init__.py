@@ -1,16 +1,12 @@
-"""medbundle.transforms: only what MONAI lacks.
+"""Transforms that more than one domain uses and MONAI lacks.
 
-- :class:`XrayDicomReader`: projection-radiograph DICOM -> displayed picture (modality LUT, VOI/window,
-  MONOCHROME1 inverted) as float32 in [0, 255], axes as MONAI's ``PILReader``.
-- :class:`XrayImageReader` / :func:`xray_readers`: one reader for datalists mixing PNG/JPEG and DICOM.
+- :class:`~medbundle.transforms.channels.EnsureGrayscaled`: one luminance channel from grey, grey+alpha
+  or colour images.
+
+Readers are in :mod:`medbundle.io`; the transforms of one kind of image in its domain
+(:mod:`medbundle.ct.transforms`, :mod:`medbundle.pathology.transforms`).
 """
 
-from medbundle.transforms.dicom import (
-    XRAY_META_TAGS,
-    XrayDicomReader,
-    XrayImageReader,
-    is_dicom_file,
-    xray_readers,
-)
+from medbundle.transforms.channels import EnsureGrayscale, EnsureGrayscaled
 
-__all__ = ["XRAY_META_TAGS", "XrayDicomReader", "XrayImageReader", "is_dicom_file", "xray_readers"]
+__all__ = ["EnsureGrayscale", "EnsureGrayscaled"]

@@ -24,21 +24,15 @@ def _rate_label(r: float) -> str:
 def plot_froc(result: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> str:
     """Draw a FROC curve (sensitivity against FPs per scan on a log2 axis) and save it as an image.
 
-    Parameters
-    ----------
-    result : mapping
-        Output of :func:`~medbundle.metrics.froc.luna16_froc` (or the ``froc.json`` it was saved to):
-        needs ``fps_per_scan``, ``sensitivity``, ``fp_rates``, ``sensitivities`` and ``cpm``; draws the
-        bootstrap band and interval bars when ``bootstrap_curve`` / ``sensitivities_ci`` are present.
-    path : str or path-like
-        Output file; the format follows the extension (``.png``, ``.pdf``, ``.svg``).
-    title : str, optional
-        Plot title; default "FROC (CPM = ...)".
+    Args:
+        result (mapping): Output of :func:`~medbundle.metrics.froc.luna16_froc` (or the ``froc.json`` it was saved to):
+            needs ``fps_per_scan``, ``sensitivity``, ``fp_rates``, ``sensitivities`` and ``cpm``; draws the
+            bootstrap band and interval bars when ``bootstrap_curve`` / ``sensitivities_ci`` are present.
+        path (str or path-like): Output file; the format follows the extension (``.png``, ``.pdf``, ``.svg``).
+        title (str, optional): Plot title; default "FROC (CPM = ...)".
 
-    Returns
-    -------
-    str
-        ``path``.
+    Returns:
+        str: ``path``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
