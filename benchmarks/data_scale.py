@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_volumes:
         lo, hi = args.volumes
         report["volumes"] = {}
-        for bundle, kind in (("ct_volume_classification", "ct"), ("lung_nodule_ct_detection", "luna16")):
+        for bundle, kind in (("ct_volume_classification", "ct"), ("lung_nodule_retinanet_detection", "luna16")):
             n_make = hi + 16 if kind == "ct" else -(-hi * 5 // 4)  # LUNA16: 5 subsets, 4 of them training
             data = write_volumes(kind, work / f"{kind}_{n_make}", n_make)
             runs = {}

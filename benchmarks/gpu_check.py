@@ -102,7 +102,7 @@ class Check:
 CHECKS: dict[str, Check] = {
     "chest_xray_classification": Check(_chest_data, "image"),
     "ct_volume_classification": Check(_ct_data, "patch"),
-    "lung_nodule_ct_detection": Check(_luna_data, "crop"),
+    "lung_nodule_retinanet_detection": Check(_luna_data, "crop"),
     "wsi_mil_classification": Check(_wsi_data, "slide bag"),
 }
 
@@ -217,8 +217,8 @@ def check_bundle(name: str, root: Path, tiny: bool, iters: int, warmup: int = 2)
     shape = list(getattr(image, "shape", []))
     with torch.no_grad(), torch.autocast(device.type, enabled=bool(q.get_parsed_content("amp"))):
         t0 = time.perf_counter()
-        inferer(torch.as_tensor(image)[None].to(device) if name != "lung_nodule_ct_detection" else [image.to(device)],
-                network)
+        detector = "detection" in name
+        inferer([image.to(device)] if detector else torch.as_tensor(image)[None].to(device), network)
         _sync()
     out["infer"] = {"input": Path(input_path).name, "input_shape": shape, "preprocess_s": round(t_pre, 2),
                     "network_s": round(time.perf_counter() - t0, 2), "peak_gpu_mb": _peak_mb()}

@@ -6,7 +6,7 @@ Both settings are built by the bundle's own configs (``configs/train.json`` thro
 - ``bundle``: ``train.json`` plus an overlay (default: ``configs/demo.json`` on CPU, none on a GPU);
 - ``recipe``: ``train.json`` as published (ResNet50-FPN with 256 channels, anchors (6,8,4)/(8,6,5)/(10,10,6),
   192 x 192 x 80 training crops, 4 crops per scan, 512 x 512 x 192 inference windows with overlap 0.25; MONAI
-  model zoo ``lung_nodule_ct_detection``).
+  model zoo ``lung_nodule_retinanet_detection``).
 
 Reported for each, in one run, and as bundle / recipe ratios:
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_label, machine_info, replace_section  # noqa: E402
 
-BUNDLE = REPO / "bundles" / "lung_nodule_ct_detection"
+BUNDLE = REPO / "bundles" / "lung_nodule_retinanet_detection"
 
 
 def _sig(x: float, digits: int = 4) -> float:

@@ -265,7 +265,7 @@ register(Recipe(
 
 
 # -------------------------------------------------------------------------------------- nodule detection
-NODULES = "lung_nodule_ct_detection"
+NODULES = "lung_nodule_retinanet_detection"
 
 
 def _nodule_demo(data_root: Path, seed: int = 0) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""End-to-end tests of bundles/lung_nodule_ct_detection through ``python -m monai.bundle``.
+"""End-to-end tests of bundles/lung_nodule_retinanet_detection through ``python -m monai.bundle``.
 
 A tiny synthetic LUNA16 folder (coarse voxels, nodules of 8-20 mm) is trained for a few CPU epochs with the
 demo overlay; the tests then check what the bundle writes, that its coordinates are right (ground-truth boxes
@@ -27,7 +27,7 @@ from medbundle.detection.networks import retinanet_resnet_fpn
 from medbundle.detection.synthetic import generate_luna16
 from medbundle.io.metaimage import read_mhd
 
-BUNDLE = BUNDLES / "lung_nodule_ct_detection"
+BUNDLE = BUNDLES / "lung_nodule_retinanet_detection"
 CFG = BUNDLE / "configs"
 META = ["--meta_file", str(CFG / "metadata.json"), "--logging_file", str(CFG / "logging.conf")]
 SPACING = [2.0, 2.0, 3.0]

@@ -23,7 +23,7 @@ def test_gpu_check_runs_every_bundle_at_tiny_size(tmp_path):
     report = json.loads(proc.stdout)
     assert report["tiny"] and report["device"].startswith("CPU")
     assert set(report["bundles"]) == {"chest_xray_classification", "ct_volume_classification",
-                                      "lung_nodule_ct_detection", "wsi_mil_classification"}
+                                      "lung_nodule_retinanet_detection", "wsi_mil_classification"}
     for name, r in report["bundles"].items():
         assert "error" not in r, (name, r)
         assert r["loader_items_per_s"] > 0 and r["train_items_per_s"] > 0, (name, r)
@@ -31,4 +31,4 @@ def test_gpu_check_runs_every_bundle_at_tiny_size(tmp_path):
         assert len(r["infer"]["input_shape"]) >= 2, (name, r)
     # whole inputs, not toy crops: the CT volume and the nodule scan are inferred at their full resampled size
     assert report["bundles"]["ct_volume_classification"]["infer"]["input_shape"][1] > 32
-    assert report["bundles"]["lung_nodule_ct_detection"]["infer"]["input_shape"][1] > 64
+    assert report["bundles"]["lung_nodule_retinanet_detection"]["infer"]["input_shape"][1] > 64

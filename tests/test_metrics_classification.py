@@ -529,3 +529,15 @@ def test_multiclass_summary_matches_sklearn():
     assert h["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
     with pytest.raises(ValueError, match="outside"):
         multiclass_summary([0, 5], [0, 1], 3)
+
+
+def test_midgap_youden_thresholds_by_hand():
+    from medbundle.metrics.roc import midgap_youden_thresholds
+
+    y = np.array([[0, 1], [0, 1], [1, 0], [1, np.nan]], dtype=float)
+    s = np.array([[0.1, 0.9], [0.2, 0.7], [0.8, 0.3], [0.9, 0.5]])
+    # class 0: Youden's threshold is 0.8 (sens 1, spec 1); the next lower score is 0.2 -> 0.5
+    # class 1: known labels 1, 1, 0 with scores 0.9, 0.7, 0.3: threshold 0.7, next lower 0.3 -> 0.5
+    assert midgap_youden_thresholds(y, s) == pytest.approx([0.5, 0.5])
+    # one class only: the default
+    assert midgap_youden_thresholds(np.ones((3, 1)), np.array([[0.2], [0.4], [0.6]]), default=0.3) == [0.3]

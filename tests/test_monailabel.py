@@ -35,7 +35,7 @@ if not (VENV / "bin" / "monailabel").is_file():
 
 CXR = "chest_xray_classification"
 CT = "ct_volume_classification"
-DET = "lung_nodule_ct_detection"
+DET = "lung_nodule_retinanet_detection"
 WSI = "wsi_mil_classification"
 MODELS = [CXR, CT, DET, WSI]
 N_TRAIN = 12  # labelled chest X-rays uploaded to the datastore for /train

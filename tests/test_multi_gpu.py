@@ -172,10 +172,10 @@ def test_lung_nodule_detection_two_process_training(tmp_path):
     data = tmp_path / "LUNA16"
     generate_luna16(data, n_scans=10, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0), n_subsets=5, seed=1,
                     nodules_per_scan=(1, 2), diameter_range=(8.0, 20.0), excluded_per_scan=(0, 1))
-    demo = json.loads((BUNDLES / "lung_nodule_ct_detection" / "configs" / "demo.json").read_text())
+    demo = json.loads((BUNDLES / "lung_nodule_retinanet_detection" / "configs" / "demo.json").read_text())
     train = luna16_datalist(data, val_fold=demo["val_fold"], test_fold=demo["test_fold"])["training"]
     work = tmp_path / "ddp"
-    log0, log1 = _torchrun("lung_nodule_ct_detection", work, [
+    log0, log1 = _torchrun("lung_nodule_retinanet_detection", work, [
         "--dataset_dir", str(data), "--spacing", "[2.0, 2.0, 3.0]", "--patch_size", "[48, 48, 32]",
         "--val_patch_size", "[64, 64, 48]", "--crops_per_scan", "2", "--num_epochs", "1", "--val_interval", "1",
         "--warmup_epochs", "1", "--base_anchor_shapes", "[[3, 3, 2], [5, 5, 3]]",

@@ -303,7 +303,7 @@ def _wsi_args(root: Path) -> list[str]:
 
 @pytest.mark.parametrize(("name", "make_args", "metric"), [
     ("ct_volume_classification", _ct_args, "val_mean_auroc"),
-    ("lung_nodule_ct_detection", _detection_args, "val_cpm"),
+    ("lung_nodule_retinanet_detection", _detection_args, "val_cpm"),
     ("wsi_mil_classification", _wsi_args, "val_slide_auroc"),
 ])
 def test_bundle_resumes_at_the_next_epoch(name, make_args, metric, tmp_path):
@@ -317,7 +317,7 @@ def test_bundle_resumes_at_the_next_epoch(name, make_args, metric, tmp_path):
     rng = first["rng"][0]
     assert rng["transforms"] and isinstance(rng["torch"], torch.Tensor) and isinstance(rng["numpy"]["key"],
                                                                                           torch.Tensor)
-    if name == "lung_nodule_ct_detection":
+    if name == "lung_nodule_retinanet_detection":
         assert set(first["extra"]) == {"validation_report"}
     log = _train(name, work, [*args, "--num_epochs", "2", "--resume", "True"])
     assert "training continues at epoch 2 of 2" in log and "Epoch[2] Complete" in log, log[-3000:]

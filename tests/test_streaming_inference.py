@@ -398,13 +398,13 @@ def test_detection_resume_skips_done_scans_and_keeps_marks_once(tmp_path, helper
                               excluded_per_scan=(0, 0))
     work = tmp_path / "bundle"
     anchors = [[3, 3, 2], [5, 5, 3]]
-    _fresh_model("lung_nodule_ct_detection", work, {"base_anchor_shapes": anchors})
+    _fresh_model("lung_nodule_retinanet_detection", work, {"base_anchor_shapes": anchors})
     extra = ["--spacing", "[2.0, 2.0, 3.0]", "--val_patch_size", "[64, 64, 48]", "--base_anchor_shapes",
              repr(anchors), "--box_selector", "{'score_thresh': 0.0, 'topk_candidates_per_level': 20, "
              "'nms_thresh': 0.22, 'detections_per_img': 4}"]
     subset = tmp_path / "LUNA16" / "subset0"
     by_uid = {s["seriesuid"]: tmp_path / "LUNA16" / s["image"] for s in summary["scans"]}
-    out, _ = _resume_check(_env(helpers), "lung_nodule_ct_detection", work, subset, tmp_path, "seriesuids.csv",
+    out, _ = _resume_check(_env(helpers), "lung_nodule_retinanet_detection", work, subset, tmp_path, "seriesuids.csv",
                            extra, header=False, key_of=lambda uid: by_uid[uid].with_suffix(".raw"))
     marks = _rows(out / "results.csv")[1:]
     assert len(marks) == 3 * 4 and [r[0] for r in marks[::4]] == (out / "seriesuids.csv").read_text().split()

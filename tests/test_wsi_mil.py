@@ -191,7 +191,7 @@ def test_rand_dihedral_bag_transforms_each_patch_by_a_symmetry():
 
 def test_quadratic_kappa_metric_uses_the_ordinal_decision():
     from medbundle.metrics import cohen_kappa_quadratic
-    from medbundle.pathology.handlers import QuadraticKappaMetric
+    from medbundle.pathology.decisions import QuadraticKappaMetric
 
     torch.manual_seed(2)
     logits = torch.randn(30, 5) * 2

@@ -54,6 +54,7 @@ __all__ = [
     "sensitivity_at_specificity",
     "specificity_at_sensitivity",
     "youden_thresholds",
+    "midgap_youden_thresholds",
 ]
 
 _NAN = float("nan")
@@ -513,3 +514,24 @@ def youden_thresholds(y_true: ArrayLike, y_score: ArrayLike, default: float = 0.
     """
     per_class = _per_class(lambda yc, sc: threshold_youden(yc, sc)["threshold"], y_true, y_score)
     return [float(default) if np.isnan(v) else float(v) for v in per_class]
+
+
+def midgap_youden_thresholds(y_true: np.ndarray, y_score: np.ndarray, default: float = 0.5) -> list[float]:
+    """Per class: Youden's J threshold (:func:`medbundle.metrics.roc.threshold_youden`, the highest of the
+    equally good observed scores) moved to the middle of the gap down to the next lower observed score.
+
+    Every threshold in that gap gives the same sensitivity and specificity on the validation slides; the
+    middle is less tied to one validation score, which matters for MIL models whose slide probabilities
+    are near 0 or 1 (with a handful of validation slides the Youden score is the lowest tumour score).
+    """
+    out = []
+    for c in range(y_score.shape[1]):
+        known = ~np.isnan(y_true[:, c])
+        yc, sc = y_true[known, c], y_score[known, c]
+        t = threshold_youden(yc, sc)["threshold"] if known.any() else float("nan")
+        if not np.isfinite(t):
+            out.append(float(default))
+            continue
+        lower = sc[sc < t]
+        out.append(float((t + lower.max()) / 2.0) if lower.size else float(t))
+    return out

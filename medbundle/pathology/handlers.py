@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
-from monai.metrics import CumulativeIterationMetric
 from monai.utils import min_version, optional_import
 
 from medbundle.data.failures import failure_reason
@@ -38,68 +37,19 @@ from medbundle.handlers.classification import ClassificationReport, load_thresho
 from medbundle.handlers.inference import as_bool, safe_stem
 from medbundle.handlers.streaming import StreamingWriter, batch_field, engine_outputs
 from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
+from medbundle.metrics.roc import midgap_youden_thresholds
+from medbundle.pathology.decisions import QuadraticKappaMetric, check_label_mode, decide
 from medbundle.utils import to_jsonable
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 __all__ = [
     "QuadraticKappa",
-    "QuadraticKappaMetric",
     "SlideOutputsWriter",
     "SlideReport",
-    "decide",
-    "midgap_youden_thresholds",
 ]
 
 logger = logging.getLogger("medbundle.handlers")
-
-
-def decide(probs: np.ndarray, label_mode: str, thresholds: Sequence[float] | None = None,
-           positive_class: int = 1) -> np.ndarray:
-    """Class decision per slide.
-
-    - graded: the ordinal grade (how many cumulative probabilities ``P(grade > k)`` exceed 0.5);
-    - binary: ``positive_class`` when its probability reaches its threshold (the other class otherwise);
-      arg-max without thresholds.
-    """
-    from medbundle.pathology.losses import grade_from_class_probabilities
-
-    p = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
-    if label_mode == "graded":
-        return grade_from_class_probabilities(torch.as_tensor(p)).numpy().astype(np.int64)
-    if thresholds is None or p.shape[1] != 2:
-        return p.argmax(1).astype(np.int64)
-    pos = int(positive_class)
-    return np.where(p[:, pos] >= float(thresholds[pos]), pos, 1 - pos).astype(np.int64)
-
-
-def midgap_youden_thresholds(y_true: np.ndarray, y_score: np.ndarray, default: float = 0.5) -> list[float]:
-    """Per class: Youden's J threshold (:func:`medbundle.metrics.roc.threshold_youden`, the highest of the
-    equally good observed scores) moved to the middle of the gap down to the next lower observed score.
-
-    Every threshold in that gap gives the same sensitivity and specificity on the validation slides; the
-    middle is less tied to one validation score, which matters for MIL models whose slide probabilities
-    are near 0 or 1 (with a handful of validation slides the Youden score is the lowest tumour score).
-    """
-    from medbundle.metrics.roc import threshold_youden
-
-    out = []
-    for c in range(y_score.shape[1]):
-        known = ~np.isnan(y_true[:, c])
-        yc, sc = y_true[known, c], y_score[known, c]
-        t = threshold_youden(yc, sc)["threshold"] if known.any() else float("nan")
-        if not np.isfinite(t):
-            out.append(float(default))
-            continue
-        lower = sc[sc < t]
-        out.append(float((t + lower.max()) / 2.0) if lower.size else float(t))
-    return out
-
-
-def _check_mode(label_mode: str) -> str:
-    if label_mode not in ("binary", "graded"):
-        raise ValueError(f"label_mode must be 'binary' or 'graded', got {label_mode!r}")
-    return label_mode
 
 
 def _results(engine) -> list:
@@ -121,26 +71,6 @@ def _batch_list(engine, key: str, n: int) -> list:
     if v is None:
         return [None] * n
     return list(v) if isinstance(v, (list, tuple)) else [v] * n
-
-
-class QuadraticKappaMetric(CumulativeIterationMetric):
-    """Quadratic-weighted Cohen's kappa (:func:`medbundle.metrics.cohen_kappa_quadratic`) of the slide
-    decision (:func:`decide`) from class probabilities ``(B, K)`` against grades ``(B,)``."""
-
-    def __init__(self, label_mode: str = "graded") -> None:
-        super().__init__()
-        self.label_mode = _check_mode(label_mode)
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor):  # type: ignore[override]
-        return y_pred.float(), torch.as_tensor(y).reshape(-1, 1).float().to(y_pred.device)
-
-    def aggregate(self) -> float:  # type: ignore[override]
-        from medbundle.metrics.classification import cohen_kappa_quadratic
-
-        y_pred, y = self.get_buffer()
-        p = y_pred.cpu().numpy()
-        grades = decide(p, self.label_mode)
-        return cohen_kappa_quadratic(y.cpu().numpy().reshape(-1).astype(np.int64), grades, num_classes=p.shape[1])
 
 
 class QuadraticKappa(IgniteMetricHandler):
@@ -170,7 +100,7 @@ class SlideReport(ClassificationReport):
                  split_name: str = "test", confidence: float = 0.95, plot: bool = True, label_mode: str = "binary",
                  positive_class: int = 1, top_k: int = 8, annotation_key: str = "annotation",
                  threshold_rule: str = "youden_midgap") -> None:
-        self.label_mode = _check_mode(label_mode)
+        self.label_mode = check_label_mode(label_mode)
         if threshold_rule not in ("youden", "youden_midgap"):
             raise ValueError(f"threshold_rule must be 'youden' or 'youden_midgap', got {threshold_rule!r}")
         super().__init__(class_names, output_dir=output_dir, thresholds_file=thresholds_file,
@@ -325,7 +255,7 @@ class SlideOutputsWriter(StreamingWriter):
                  fsync: bool = False) -> None:
         super().__init__(output_dir, plan=plan, dataset=dataset, progress=progress, fsync=fsync, unit="slide")
         self.class_names = list(class_names)
-        self.label_mode = _check_mode(label_mode)
+        self.label_mode = check_label_mode(label_mode)
         thr, self.thresholds_source = load_thresholds(thresholds_file, self.class_names)
         self.thresholds = thr if self.thresholds_source.endswith(".json") else None
         self.save_maps = as_bool(save_maps)
