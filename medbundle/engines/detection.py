@@ -36,6 +36,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from medbundle.inferers import DetectorInferer
+from medbundle.transforms.boxes import VOXEL_REGION_SHIFT, shift_boxes
 
 __all__ = ["DetectionTrainer", "DetectionEvaluator", "flatten_detection_batch", "image_meta"]
 
@@ -306,6 +307,11 @@ class DetectionEvaluator(Evaluator):
     image_key, box_key, label_key
         Item keys of the image and, when present, the ground-truth boxes and labels; ``box_key=None``: never
         read ground truth (inference on items that carry world-coordinate boxes).
+    voxel_regions
+        The items' boxes are in voxel-region coordinates
+        (:class:`~medbundle.transforms.boxes.BoxesToVoxelRegionsd`): the ground truth is moved back to
+        voxel-centre coordinates, as the inferer (``DetectorInferer(voxel_regions=True)``, which must agree)
+        moves the predictions.
 
     Notes
     -----
@@ -342,6 +348,7 @@ class DetectionEvaluator(Evaluator):
         image_key: str = "image",
         box_key: str = "box",
         label_key: str = "label",
+        voxel_regions: bool = False,
     ) -> None:
         super().__init__(
             device=device,
@@ -364,9 +371,15 @@ class DetectionEvaluator(Evaluator):
         self.detector = detector
         self.network = detector.network
         # one code path: without an explicit inferer, the detector's own call (sliding window or not)
-        self.inferer = inferer if inferer is not None else DetectorInferer(detector, use_inferer)
+        self.inferer = inferer if inferer is not None else DetectorInferer(detector, use_inferer, voxel_regions)
+        if getattr(self.inferer, "voxel_regions", voxel_regions) != voxel_regions:
+            raise ValueError(
+                f"DetectionEvaluator(voxel_regions={voxel_regions}) with an inferer that has voxel_regions="
+                f"{self.inferer.voxel_regions}: predictions and ground truth would be half a voxel apart; set both."
+            )
         self.use_inferer = use_inferer
         self.image_key, self.box_key, self.label_key = image_key, box_key, label_key
+        self.voxel_regions = bool(voxel_regions)
 
     def _iteration(self, engine: DetectionEvaluator, batchdata: Any) -> list[dict[str, Any]]:
         """Detect boxes in every image of the batch; returns the per-image dicts of the class notes."""
@@ -390,6 +403,8 @@ class DetectionEvaluator(Evaluator):
             }
             if engine.box_key in it and engine.label_key in it:
                 out["box"], out["label"] = _boxes_labels(it, engine.box_key, engine.label_key, det.spatial_dims)
+                if engine.voxel_regions:
+                    out["box"] = shift_boxes(out["box"], -VOXEL_REGION_SHIFT)
             outputs.append(out)
         engine.state.output = outputs
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
