@@ -17,15 +17,20 @@ machines are the ratios (reference time / fast time) measured in the same proces
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as _dt
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,6 +162,30 @@ def froc_reference(annotations, results, seriesuids, excluded, max_marks=100) ->
     return {"sensitivities": sens.tolist(), "cpm": float(sens.mean())}
 
 
+def _write_csv(path: Path, table: dict[str, np.ndarray]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(table))
+        w.writerows(zip(*(table[k].tolist() for k in table)))
+
+
+def time_froc_command(annotations, excluded, results, uids, repeats: int) -> float:
+    """Median wall time of ``medbundle froc`` on these tables written as the LUNA16 CSV files, end to end: a
+    new process, CSV reading, the FROC and the printed summary (no bootstrap)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        _write_csv(d / "annotations.csv", annotations)
+        _write_csv(d / "excluded.csv", excluded)
+        _write_csv(d / "results.csv", results)
+        (d / "seriesuids.csv").write_text("\n".join(uids) + "\n")
+        exe = shutil.which("medbundle")
+        cmd = ([exe] if exe else [sys.executable, "-m", "medbundle.cli"]) + [
+            "froc", "--annotations", str(d / "annotations.csv"), "--excluded", str(d / "excluded.csv"),
+            "--seriesuids", str(d / "seriesuids.csv"), "--results", str(d / "results.csv"), "--bootstrap", "0"]
+        t, _ = median_time(lambda: subprocess.run(cmd, check=True, capture_output=True), repeats)
+    return t
+
+
 def bench_froc(repeats: int) -> dict[str, Any]:
     uids, annotations, excluded, results = synthetic_luna16()
     t_ref, ref = median_time(lambda: froc_reference(annotations, results, uids, excluded), repeats)
@@ -166,9 +195,11 @@ def bench_froc(repeats: int) -> dict[str, Any]:
     t_boot, boot = median_time(
         lambda: luna16_froc(annotations, results, uids, excluded, n_bootstraps=1000), max(1, repeats // 2)
     )
+    t_cli = time_froc_command(annotations, excluded, results, uids, repeats)
     return {
         "n_scans": fast["n_scans"],
         "n_marks": int(results["seriesuid"].size),
+        "command_s": t_cli,
         "n_nodules": fast["n_nodules"],
         "cpm": fast["cpm"],
         "cpm_agree": True,
@@ -201,6 +232,8 @@ def results_section(report: dict[str, Any]) -> str:
         f"CPM equal ({f['cpm']:.4f}) |",
         f"| LUNA16 FROC + 1,000 scan bootstraps | same | - | {f['fast_bootstrap1000_s']:.3f} | - | "
         f"CPM CI {f['cpm_ci'][0]:.4f}-{f['cpm_ci'][1]:.4f} |",
+        f"| `medbundle froc` end to end (new process, CSV files in, summary out, no bootstrap) | same | - | "
+        f"{f['command_s']:.3f} | - | - |",
         "",
     ]
     return "\n".join(lines)

@@ -59,14 +59,13 @@ def init_process_group(backend: str = "gloo", timeout_s: float = 7 * 24 * 3600.0
     """Initialise the default process group when started by ``torchrun`` with ``WORLD_SIZE > 1``.
 
     Args:
-        backend: ``"gloo"`` (default; inference ranks exchange only small Python objects, which gloo
-            carries on CPU and GPU machines alike) or ``"nccl"``.
-        timeout_s: how long a collective waits for the slowest rank. Inference shards can finish hours
-            apart (slides and volumes differ in size), and the last step waits for every rank, so the
-            default is a week rather than PyTorch's 30 minutes; ``torchrun`` still stops every rank when
-            one fails.
-        quiet_other_ranks: raise the root logger of ranks other than 0 to WARNING (their warnings, such as
-            skipped items, still show).
+        backend: ``"gloo"`` (default; inference ranks exchange only small Python objects, which gloo carries on CPU and
+            GPU machines alike) or ``"nccl"``.
+        timeout_s: how long a collective waits for the slowest rank. Inference shards can finish hours apart (slides and
+            volumes differ in size), and the last step waits for every rank, so the default is a week rather than
+            PyTorch's 30 minutes; ``torchrun`` still stops every rank when one fails.
+        quiet_other_ranks: raise the root logger of ranks other than 0 to WARNING (their warnings, such as skipped
+            items, still show).
 
     Returns:
         True when this process is one of several ranks (the group is, or already was, initialised).

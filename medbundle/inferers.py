@@ -63,16 +63,15 @@ class SlidingWindowClassifier(Inferer):
         overlap: fraction of a window shared with its neighbour, in [0, 1).
         aggregation: ``"mean"``, ``"max"`` or ``"topk_mean"`` (see :func:`aggregate_logits`).
         top_k: windows averaged by ``topk_mean``.
-        pad_value: value used to pad a volume smaller than the window (after intensity scaling,
-            0 is air for the CT windows in :mod:`medbundle.ct.transforms`).
-        activation: the space the windows are aggregated in. ``"none"`` aggregates raw logits.
-            ``"softmax"`` turns each window into class probabilities, aggregates those, renormalises them
-            to sum to 1 and returns their logarithm, so a following softmax gives the aggregated
-            probabilities back. ``"sigmoid"`` does the same per class and returns ``logit(p)``.
-            Aggregating probabilities is what makes ``max`` work for multi-class volumes: with raw
-            logits, the "normal" logit is high in some window of every volume and its maximum drowns
-            the finding's (measured on the synthetic CT test split: nodule AUROC 0.50 with logit-max,
-            0.78 with probability-max, same model).
+        pad_value: value used to pad a volume smaller than the window (after intensity scaling, 0 is air for the CT
+            windows in :mod:`medbundle.ct.transforms`).
+        activation: the space the windows are aggregated in. ``"none"`` aggregates raw logits. ``"softmax"`` turns each
+            window into class probabilities, aggregates those, renormalises them to sum to 1 and returns their
+            logarithm, so a following softmax gives the aggregated probabilities back. ``"sigmoid"`` does the same per
+            class and returns ``logit(p)``. Aggregating probabilities is what makes ``max`` work for multi-class
+            volumes: with raw logits, the "normal" logit is high in some window of every volume and its maximum drowns
+            the finding's (measured on the synthetic CT test split: nodule AUROC 0.50 with logit-max, 0.78 with
+            probability-max, same model).
 
     Call with ``inputs`` ``(B, C, *spatial)``; returns ``(B, n_classes)`` aggregated logits.
     """

@@ -57,10 +57,10 @@ def prepare_bundle(
         bundle: bundle name (folder under ``bundles/``) or a bundle folder.
         overrides: config values as the training command would get them (``dataset_dir``, ``bundle_root``,
             ``image_size``, ...).
-        config_files: configs layered after ``train.json`` (e.g. the bundle's ``demo.json``), as in
-            ``--config_file "[train.json, ...]"``.
-        splits: which of ``training``, ``validation``, ``testing`` to prepare (``testing`` only where the
-            bundle has an ``evaluate.json`` and the datalist has a test split).
+        config_files: configs layered after ``train.json`` (e.g. the bundle's ``demo.json``), as in ``--config_file
+            "[train.json, ...]"``.
+        splits: which of ``training``, ``validation``, ``testing`` to prepare (``testing`` only where the bundle has an
+            ``evaluate.json`` and the datalist has a test split).
         num_workers: threads preparing items (default: the config's ``num_workers``).
         progress: show progress.
 

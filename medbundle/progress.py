@@ -52,8 +52,8 @@ class Progress:
         log: logger of the periodic lines (default ``medbundle.progress``).
         log_every_s: seconds between log lines when there is no terminal.
         mode: ``"bar"``, ``"log"`` or ``"off"``; default :func:`progress_mode`.
-        initial: items already done before this run (e.g. found on disk by a resumed run); counted in
-            the total but not in the rate.
+        initial: items already done before this run (e.g. found on disk by a resumed run); counted in the total but not
+            in the rate.
 
     Use as a context manager, or call :meth:`close`; the last log line is written on close.
     """

@@ -57,8 +57,8 @@ class LabelDemo:
         train: training-only overrides.
         make_data: ``folder -> {"dataset_dir": ..., ["datalist_file": ...]}``: writes the small data set.
         study: ``(studies folder, data) -> image id``: puts one image of that data into the studies folder.
-        labelled: ``(studies folder, data, n) -> [(image id, labels), ...]``: adds ``n`` further images whose
-            class labels the demo saves for MONAI Label's ``/train`` (None: the bundle has none).
+        labelled: ``(studies folder, data, n) -> [(image id, labels), ...]``: adds ``n`` further images whose class
+            labels the demo saves for MONAI Label's ``/train`` (None: the bundle has none).
     """
 
     common: dict[str, Any]
@@ -78,8 +78,8 @@ class Recipe:
         headline: ``(metrics.json key, label)`` of the figure the demo reports (dotted keys reach nested values).
         target: the value the headline should reach on the demo.
         extra: further ``(key, label)`` figures shown beside the headline.
-        verify: the ``medbundle verify`` profile, or a function that makes it when asked (for profiles that
-            read the bundle's files).
+        verify: the ``medbundle verify`` profile, or a function that makes it when asked (for profiles that read the
+            bundle's files).
         label: the MONAI Label demo (None: not served in the demo app).
     """
 

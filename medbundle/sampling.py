@@ -127,10 +127,9 @@ class ClassBalancedSampler(Sampler[int]):
     Args:
         labels: ``(N,)`` class indices or ``(N, C)`` multi-hot labels (NaN = missing), in dataset order.
         num_samples: indices drawn per epoch over all ranks; default N.
-        replacement: draw with replacement (the usual choice for oversampling). Without replacement,
-            ``num_samples`` may not exceed the number of samples with non-zero weight.
-        num_replicas: number of ranks; default the world size when ``torch.distributed`` is initialised,
-            else 1.
+        replacement: draw with replacement (the usual choice for oversampling). Without replacement, ``num_samples`` may
+            not exceed the number of samples with non-zero weight.
+        num_replicas: number of ranks; default the world size when ``torch.distributed`` is initialised, else 1.
         rank: this rank; default the process rank when ``torch.distributed`` is initialised, else 0.
         seed: base seed; must be the same on all ranks.
         drop_last: truncate the global sequence to a multiple of ``num_replicas`` instead of padding it.
@@ -349,8 +348,8 @@ def imbalance_report(
     """Per-class label statistics of one split of a MONAI datalist.
 
     Args:
-        datalist: path to a datalist JSON (``{"training": [...], "validation": [...], ...}``), the
-            loaded dict, or one split's list of dicts (then ``split`` is only used as a label).
+        datalist: path to a datalist JSON (``{"training": [...], "validation": [...], ...}``), the loaded dict, or one
+            split's list of dicts (then ``split`` is only used as a label).
         split: which list to read from a dict.
         label_key: key of the label in each item.
         class_names: names for the C classes; default ``"class_0"``, ``"class_1"``, ...

@@ -157,12 +157,11 @@ def csv_datalist(
         csv_path: CSV with a header; columns are found by name (case and whitespace insensitive).
         image_col, label_col: Column of the image path (a NIfTI/MetaImage/DICOM file or a DICOM series folder) and of
             the label.
-        class_names: Classes in index order. Labels may be these names or integer indices into them. When None:
-            integer labels give names ``"0" .. "max"`` (the index is kept); otherwise the sorted unique names.
+        class_names: Classes in index order. Labels may be these names or integer indices into them. When None: integer
+            labels give names ``"0" .. "max"`` (the index is kept); otherwise the sorted unique names.
         root: Folder relative image paths are resolved against; default the CSV's folder.
         val_fraction: Fraction of the non-test items moved to ``"validation"``, per class when ``stratify`` (at least
-            one
-            item of each class with two or more items), deterministic for ``seed``.
+            one item of each class with two or more items), deterministic for ``seed``.
         test_split_file: Items whose case id (or image path as written in the CSV) is listed go to ``"testing"``: a JSON
             file ``{"test": [...]}`` (as ``splits.json``) or a text file with one id per line. None: no testing.
         seed: Seed of the validation draw.
@@ -170,10 +169,10 @@ def csv_datalist(
         mask_col: Optional column of a lesion/foreground mask path (resolved like images), added as ``"mask"``.
 
     Returns:
-        dict: ``{"training", "validation", "testing", "labels": class_names}``; items ``{"image": absolute path
-            str, "label": int, "case_id": str}`` (+ ``"mask"``), in CSV order within each list. ``case_id`` is
-            the file name without its volume suffix, or the folder name. Rows whose image (or mask) is missing
-            are dropped with one warning that counts them.
+        dict: ``{"training", "validation", "testing", "labels": class_names}``; items ``{"image": absolute path str,
+            "label": int, "case_id": str}`` (+ ``"mask"``), in CSV order within each list. ``case_id`` is the file name
+            without its volume suffix, or the folder name. Rows whose image (or mask) is missing are dropped with one
+            warning that counts them.
 
     Raises:
         FileNotFoundError: ``csv_path`` (or ``test_split_file``) does not exist.
@@ -270,18 +269,18 @@ def medmnist3d_datalist(
     """Write a MedMNIST 3D ``.npz`` as NIfTI volumes and return the datalist of its published splits.
 
     Args:
-        npz_path: A MedMNIST 3D archive with :data:`MEDMNIST_KEYS`; images ``(N, D, D, D)`` uint8 (D = 28 or 64),
-            labels ``(N, 1)`` (or ``(N,)``) integer class indices.
-        out_dir: Volumes are written to ``out_dir/{train,val,test}/<index>.nii.gz`` (index zero-padded to 5 digits,
-            the row in the split's array).
+        npz_path: A MedMNIST 3D archive with :data:`MEDMNIST_KEYS`; images ``(N, D, D, D)`` uint8 (D = 28 or 64), labels
+            ``(N, 1)`` (or ``(N,)``) integer class indices.
+        out_dir: Volumes are written to ``out_dir/{train,val,test}/<index>.nii.gz`` (index zero-padded to 5 digits, the
+            row in the split's array).
         spacing: Voxel size in mm written into the affine ``diag(spacing)`` (MedMNIST stores none; its volumes were
             resampled to roughly isotropic voxels).
         class_names: Class names in index order; default ``"0" .. str(max label)``. (The names are in MedMNIST's
             ``INFO`` dict, e.g. NoduleMNIST3D ``benign``, ``malignant``.)
 
     Returns:
-        dict: ``{"training": train, "validation": val, "testing": test, "labels": class_names}``; items
-            ``{"image": absolute path str, "label": int, "case_id": "<split>_<index>"}``.
+        dict: ``{"training": train, "validation": val, "testing": test, "labels": class_names}``; items ``{"image":
+            absolute path str, "label": int, "case_id": "<split>_<index>"}``.
 
     Note:
         Axis order: MedMNIST does not record orientation, so each ``images[n]`` is written unchanged (dtype

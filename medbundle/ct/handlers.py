@@ -47,9 +47,9 @@ class GradCAMVolumeSaver:
         roi_size: the classifier's window size.
         sw_batch_size, overlap: sliding-window settings.
         enabled: config switch; when false nothing is attached.
-        max_volumes: save maps for at most this many volumes per process (None: all; a resumed run and
-            each ``torchrun`` rank count afresh). Each map costs a backward pass per window, so a cap keeps
-            batch inference fast. A map that fails is logged and left out; the prediction stands.
+        max_volumes: save maps for at most this many volumes per process (None: all; a resumed run and each ``torchrun``
+            rank count afresh). Each map costs a backward pass per window, so a cap keeps batch inference fast. A map
+            that fails is logged and left out; the prediction stands.
         thresholds_file: per-class thresholds; the mapped class is the one ``predictions.csv`` calls
             (:func:`~medbundle.metrics.classification.multiclass_decision`), arg-max without the file.
     """

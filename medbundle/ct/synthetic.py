@@ -83,15 +83,14 @@ def write_ct_dicom_series(
     """Write a RAS volume as an axial CT DICOM series describing the same physical volume.
 
     Args:
-        folder: Output folder (created), one ``IM_%04d.dcm`` file per slice; the file numbers are a random
-            permutation of the slices and files are written in random order.
+        folder: Output folder (created), one ``IM_%04d.dcm`` file per slice; the file numbers are a random permutation
+            of the slices and files are written in random order.
         volume: int16 HU, shape ``(X, Y, Z)`` with axes right, anterior, superior.
-        affine: The volume's RAS affine; must be diagonal with positive entries (as :func:`generate_ct_dataset`
-            writes).
+        affine: The volume's RAS affine; must be diagonal with positive entries (as :func:`generate_ct_dataset` writes).
         case_id: Makes the synthetic patient id and the deterministic UIDs.
         rng: Random generator of the file-name permutation and write order.
-        encoding: 0: uint16 stored = HU + 1024 (BitsStored 12, RescaleIntercept -1024); 1: int16 stored = HU
-            (BitsStored 16, RescaleIntercept 0).
+        encoding: 0: uint16 stored = HU + 1024 (BitsStored 12, RescaleIntercept -1024); 1: int16 stored = HU (BitsStored
+            16, RescaleIntercept 0).
         numbering: ``"ascending"``: InstanceNumber 1 is the most inferior slice; ``"descending"``: the most superior;
             ``"scrambled"``: a random permutation (not in position order).
 
@@ -223,8 +222,7 @@ def generate_ct_dataset(
         prevalences: Class probabilities (mapping by name or a sequence in ``class_names`` order; normalised to sum 1);
             default :data:`DEFAULT_CT_PREVALENCES` restricted to ``class_names``.
         n_dicom_series: How many cases (chosen at random) are also written as DICOM series; ``labels.csv`` points at
-            their
-            DICOM folder.
+            their DICOM folder.
         seed: Everything is a function of the arguments: same seed, same files.
         test_fraction: Fraction of cases in ``splits.json``'s ``"test"``.
         min_per_class: Each class has at least this many cases in train and in test (labels are switched from the most

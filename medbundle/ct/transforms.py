@@ -89,14 +89,14 @@ class CTWindowd(MapTransform):
     differently; the difference is below the display resolution of any preset.)
 
     Args:
-        keys: Keys of the CT images, channel-first arrays/tensors in HU of any spatial size; numpy arrays,
-            torch tensors and MetaTensors (meta is kept) are accepted, on any device.
+        keys: Keys of the CT images, channel-first arrays/tensors in HU of any spatial size; numpy arrays, torch tensors
+            and MetaTensors (meta is kept) are accepted, on any device.
         preset: Window name from :data:`WINDOW_PRESETS` (``lung``, ``mediastinum``, ``bone``, ``brain``, ``abdomen``);
             None when ``level`` and ``width`` are both given.
         level, width: Window centre and width in HU, overriding the preset's values.
-        presets: Several preset names: the output holds one window per preset, stacked along the channel axis
-            (input ``(C, ...)`` -> output ``(C * len(presets), ...)``, windows in the order given, each applied
-            to all input channels). When given, ``preset``, ``level`` and ``width`` are ignored.
+        presets: Several preset names: the output holds one window per preset, stacked along the channel axis (input
+            ``(C, ...)`` -> output ``(C * len(presets), ...)``, windows in the order given, each applied to all input
+            channels). When given, ``preset``, ``level`` and ``width`` are ignored.
         b_min, b_max: Output range (float32).
         clip: Clip to ``[b_min, b_max]``.
         allow_missing_keys: Skip keys that are missing from the data.
@@ -162,11 +162,10 @@ def body_mask(
         image: Spatial array (no channel axis), 2D ``(X, Y)`` or 3D ``(X, Y, Z)``, HU.
         threshold_hu: Voxels above this value are tissue (air is about -1000 HU, fat about -100 HU).
         largest_component: Keep only the largest connected component (6-connectivity in 3D), dropping the table, clothes
-            and
-            noise specks outside the patient.
+            and noise specks outside the patient.
         fill_holes: Fill holes in each slice along ``slice_axis`` (2D: the whole image). Slice-wise filling makes the
-            lungs part of the body even though, in a real scan, they connect to outside air through the trachea
-            (a 3D fill would leave them empty).
+            lungs part of the body even though, in a real scan, they connect to outside air through the trachea (a 3D
+            fill would leave them empty).
         slice_axis: Spatial axis across which slices are taken (the last, axial after ``Orientationd("RAS")``).
 
     Returns:
@@ -196,15 +195,16 @@ class BodyMaskd(MapTransform):
     """Add a uint8 body mask, computed from a channel-first CT image in HU (dictionary transform).
 
     Args:
-        keys: Key of the image, shape ``(C, X, Y, Z)`` (or ``(C, X, Y)``) in HU; channel 0 is used. Run it
-            before intensity windowing.
+        keys: Key of the image, shape ``(C, X, Y, Z)`` (or ``(C, X, Y)``) in HU; channel 0 is used. Run it before
+            intensity windowing.
         mask_key: Key the mask is written to: uint8 in {0, 1}, shape ``(1, X, Y, Z)``, same type as the image (a
             MetaTensor keeps the image's meta, so ``Spacingd``/``Orientationd`` and crops treat both alike).
         threshold_hu, largest_component, fill_holes, slice_axis: See :func:`body_mask` (``slice_axis`` counts spatial
             axes, -1 = the last).
         allow_missing_keys: Skip keys that are missing from the data.
-        Use with ``RandCropByPosNegLabeld(label_key=mask_key, pos=1, neg=0, ...)`` to draw patches centred:
-        inside the body.:
+
+    Use with ``RandCropByPosNegLabeld(label_key=mask_key, pos=1, neg=0, ...)`` to draw patches centred inside
+    the body.
     """
 
     def __init__(
@@ -316,16 +316,15 @@ class CropWeightMapd(MapTransform):
         body_key: key of the body mask (e.g. from :class:`BodyMaskd`).
         lesion_key: key of an optional finding mask (non-zero = finding).
         out_key: key the weight map is written to (float32, same shape as the body mask).
-        lesion_weight: how much more likely a voxel near a finding is as a patch centre than a body voxel;
-            a very large value (e.g. 1e6) makes every patch of an item with a finding hold the finding, so
-            that the item's label is true of each of its patches.
+        lesion_weight: how much more likely a voxel near a finding is as a patch centre than a body voxel; a very large
+            value (e.g. 1e6) makes every patch of an item with a finding hold the finding, so that the item's label is
+            true of each of its patches.
         ref_key: key of the image the ROI term is computed from (channel 0).
-        roi_range: ``(low, high)`` intensity range of the region of interest in ``ref_key``'s units at
-            this point of the pipeline (HU before windowing); None disables the ROI term.
+        roi_range: ``(low, high)`` intensity range of the region of interest in ``ref_key``'s units at this point of the
+            pipeline (HU before windowing); None disables the ROI term.
         roi_weight: weight added to ROI voxels.
         lesion_margin: voxels per spatial axis (or one int for all) by which the finding mask is dilated
-            (:func:`dilate_box`) before ``lesion_weight`` is put on it; 0 centres every such patch on a
-            finding voxel.
+            (:func:`dilate_box`) before ``lesion_weight`` is put on it; 0 centres every such patch on a finding voxel.
 
     Raises:
         ValueError: a negative ``lesion_margin``.

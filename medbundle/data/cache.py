@@ -75,22 +75,21 @@ class DiskCacheDataset(Dataset):
     Args:
         data: MONAI datalist, a sequence of dicts.
         transform: a :class:`~monai.transforms.Compose` (or a sequence of transforms).
-        cache_dir: folder of the disk cache; None keeps only the memory share (and recomputes the rest),
-            for results that cannot be stored safely (e.g. whole-slide grids, whose transforms keep their
-            own disk caches).
+        cache_dir: folder of the disk cache; None keeps only the memory share (and recomputes the rest), for results
+            that cannot be stored safely (e.g. whole-slide grids, whose transforms keep their own disk caches).
         ram_cache_mb: most megabytes of (compact) entries held in memory.
         cache_rate: most fraction of the items held in memory (MONAI's meaning; 0 disables the share).
-        storage_dtypes: storage dtype per key of the cached result, e.g. ``{"image": "uint8"}`` (values in
-            [0, 1] quantised), ``"float16"``, ``"bfloat16"``, ``"uint16"``; see :mod:`medbundle.data.compact`.
-        precheck: prepare every item when the dataset is built and drop those that fail (a dataset whose
-            items must all be seen, such as validation); otherwise items are prepared when first used and
-            a failing one is replaced by the next readable item.
+        storage_dtypes: storage dtype per key of the cached result, e.g. ``{"image": "uint8"}`` (values in [0, 1]
+            quantised), ``"float16"``, ``"bfloat16"``, ``"uint16"``; see :mod:`medbundle.data.compact`.
+        precheck: prepare every item when the dataset is built and drop those that fail (a dataset whose items must all
+            be seen, such as validation); otherwise items are prepared when first used and a failing one is replaced by
+            the next readable item.
         num_workers: threads that prepare items (precheck and :meth:`prepare`).
         name_keys: item keys whose value names the item in messages (first one present wins).
         progress: show progress while prechecking (None: when there are more than 50 items to prepare).
-        copy_cache: memory-only mode (no ``cache_dir``): hand out deep copies of the held results, so the
-            random transforms cannot change them (False when nothing downstream modifies them in place).
-            With a ``cache_dir``, entries are compact and every access builds new tensors anyway.
+        copy_cache: memory-only mode (no ``cache_dir``): hand out deep copies of the held results, so the random
+            transforms cannot change them (False when nothing downstream modifies them in place). With a ``cache_dir``,
+            entries are compact and every access builds new tensors anyway.
 
     Attributes:
         skipped: ``(name, reason)`` of every item dropped or replaced because it could not be prepared.

@@ -53,15 +53,14 @@ def inference_items(
     """Build the inference datalist ``[{key: path, "filename": path}, ...]``.
 
     Args:
-        source: one image file; a folder (every file ending in one of ``suffixes``, sorted, recursing
-            into sub-folders when ``recursive``); a MONAI datalist JSON (its ``split`` list, or a bare
-            list); or a list of paths.
+        source: one image file; a folder (every file ending in one of ``suffixes``, sorted, recursing into sub-folders
+            when ``recursive``); a MONAI datalist JSON (its ``split`` list, or a bare list); or a list of paths.
         key: the item key that holds the path.
         split: which list of a datalist JSON to use.
         suffixes: file endings that count as images when scanning a folder.
         recursive: scan sub-folders.
-        dicom_series: 3D data: a folder that directly holds ``.dcm`` files is one item (a DICOM series,
-            read by a series reader), and loose ``.dcm`` files are not items of their own.
+        dicom_series: 3D data: a folder that directly holds ``.dcm`` files is one item (a DICOM series, read by a series
+            reader), and loose ``.dcm`` files are not items of their own.
 
     Returns:
         A list of dicts; each keeps every field of a datalist item and adds ``"filename"`` (the path as

@@ -111,8 +111,8 @@ class ItemBatch:
         data: the readable items collated by the wrapped collate function; None when there are none.
         failed: the markers of the unreadable items.
         fields: the plain fields (:func:`item_fields`) of each readable item, in batch order.
-        items: the readable items before collation when there are several (so that a batch that fails
-            can be run again one item at a time), else None.
+        items: the readable items before collation when there are several (so that a batch that fails can be run again
+            one item at a time), else None.
         collate_fn: the wrapped collate function.
     """
 
@@ -137,8 +137,8 @@ class SkipFailedCollate:
 
     Args:
         collate_fn: the collate function of the readable items (default MONAI's ``list_data_collate``;
-            ``monai.data.utils.no_collation`` for detection, ``medbundle.pathology.inference.slide_collate``
-            for slides).
+            ``monai.data.utils.no_collation`` for detection, ``medbundle.pathology.inference.slide_collate`` for
+            slides).
 
     Returns an :class:`ItemBatch`. A class (not a closure) so that worker processes can pickle it.
     """
@@ -199,14 +199,14 @@ class InferencePlan:
         key: the item field that identifies an item; the ledger's ``key_column`` holds it.
         key_column: column of the key in the ledger.
         has_header: whether the ledger starts with a header line.
-        default_key: fills ``key`` for items without it, from the item (e.g. a series UID from the file
-            name); without it such an item raises.
+        default_key: fills ``key`` for items without it, from the item (e.g. a series UID from the file name); without
+            it such an item raises.
         overwrite: redo every item (the writer deletes the old results when the run starts).
-        model_files: files whose content makes the results (checkpoint, thresholds). Their SHA-256 is kept
-            in ``output_dir/.inference_state.json`` (:meth:`save_state`); resuming results that other files
-            made raises, so one table never mixes two models.
-        rank, world_size: this process and the number of processes; default from the initialised process
-            group, else 0 and 1.
+        model_files: files whose content makes the results (checkpoint, thresholds). Their SHA-256 is kept in
+            ``output_dir/.inference_state.json`` (:meth:`save_state`); resuming results that other files made raises, so
+            one table never mixes two models.
+        rank, world_size: this process and the number of processes; default from the initialised process group, else 0
+            and 1.
 
     Attributes:
         items: this process's items, in input order (every ``world_size``-th pending item from ``rank``).
@@ -214,8 +214,8 @@ class InferencePlan:
         n_total, n_done, n_pending: input items (unique keys), items done before this run, items left.
 
     Raises:
-        ValueError: an item lacks ``key`` and there is no ``default_key``; or ``output_dir`` holds results
-            that other ``model_files`` made and ``overwrite`` is false (the message says which changed).
+        ValueError: an item lacks ``key`` and there is no ``default_key``; or ``output_dir`` holds results that other
+            ``model_files`` made and ``overwrite`` is false (the message says which changed).
     """
 
     def __init__(

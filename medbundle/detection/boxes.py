@@ -56,9 +56,8 @@ def world_to_image_boxes(boxes_world: Any, affine: Any, affine_lps_to_ras: bool 
             ``affine_lps_to_ras`` (LUNA16 CSV coordinates); numpy, list or torch.
         affine: The image's 4 x 4 voxel-to-world affine, ``meta["affine"]`` (RAS, as MONAI readers give it).
         affine_lps_to_ras: True: the affine is RAS and the boxes LPS; the affine's first two rows are negated (RAS ->
-            LPS)
-            before it is inverted, as ``AffineBoxToImageCoordinated(affine_lps_to_ras=True)``. False: boxes
-            and affine are in the same frame.
+            LPS) before it is inverted, as ``AffineBoxToImageCoordinated(affine_lps_to_ras=True)``. False: boxes and
+            affine are in the same frame.
 
     Returns:
         float64 ``(N, 6)``: ``[ci, cj, ck, size_i, size_j, size_k]`` in voxels of the image's array axes

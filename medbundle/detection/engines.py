@@ -36,6 +36,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from medbundle.detection.inferers import DetectorInferer
+from medbundle.detection.transforms import VOXEL_REGION_SHIFT, shift_boxes
 from medbundle.engines.streaming import SkipFailedItemsMixin
 
 __all__ = ["DetectionTrainer", "DetectionEvaluator", "StreamingDetectionEvaluator", "flatten_detection_batch",
@@ -94,10 +95,10 @@ def image_meta(item: Mapping, image_key: str = "image") -> dict[str, Any]:
     """Meta data of an item's image that detection writers need.
 
     Returns:
-        dict: ``affine``: ``(4, 4)`` float64 numpy voxel-to-world matrix of the image as it is now (after
-            preprocessing; RAS for MONAI readers), identity when the image carries none; ``filename_or_obj``
-            (str or None); ``spatial_shape``: the shape the reader gave (before preprocessing), or the current one;
-            ``shape``: the current spatial shape.
+        dict: ``affine``: ``(4, 4)`` float64 numpy voxel-to-world matrix of the image as it is now (after preprocessing;
+            RAS for MONAI readers), identity when the image carries none; ``filename_or_obj`` (str or None);
+            ``spatial_shape``: the shape the reader gave (before preprocessing), or the current one; ``shape``: the
+            current spatial shape.
     """
     img = item[image_key]
     meta: Mapping = {}
@@ -139,7 +140,7 @@ class DetectionTrainer(Trainer):
         detector: ``monai.apps.detection.networks.retinanet_detector.RetinaNetDetector`` with matcher and sampler set
             (``set_atss_matcher``, ``set_hard_negative_sampler``).
         optimizer: Optimizer of ``detector.network.parameters()``.
-        epoch_length, non_blocking, iteration_update, postprocessing, key_train_metric, additional_metrics,:
+        epoch_length, non_blocking, iteration_update, postprocessing, key_train_metric, additional_metrics,
         metric_cmp_fn, train_handlers, event_names, event_to_attr, to_kwargs, amp_kwargs: As in
             ``monai.engines.SupervisedTrainer``.
         amp: Forward under ``torch.autocast`` and scale the loss with the ``GradScaler`` MONAI's ``Trainer.run``
@@ -148,9 +149,8 @@ class DetectionTrainer(Trainer):
             regression loss``.
         decollate: Keep False: the iteration output is already a dict of scalar losses.
         image_key, box_key, label_key: Keys of the image ``(C, *spatial)``, the ``(N, 2 * spatial_dims)`` voxel
-            ``xyzxyz`` boxes and the
-            ``(N,)`` labels in each item. They are handed to the detector under its ``target_box_key`` /
-            ``target_label_key``.
+            ``xyzxyz`` boxes and the ``(N,)`` labels in each item. They are handed to the detector under its
+            ``target_box_key`` / ``target_label_key``.
         optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
         clip_grad_norm: If given, clip the gradient norm of ``detector.network`` to this value before the step.
 
@@ -269,24 +269,25 @@ class DetectionEvaluator(Evaluator):
     Args:
         device: Device the images are moved to.
         val_data_loader: Loader of detection items (module docstring), ``collate_fn=no_collation``; ``box`` / ``label``
-            are
-            optional (inference has none).
+            are optional (inference has none).
         detector: The ``RetinaNetDetector``; for whole scans set its sliding-window inferer
             (``set_sliding_window_inferer``).
         inferer: Optional :class:`medbundle.detection.inferers.DetectorInferer` (or any callable ``inferer(images,
-            network)``
-            returning the detector's per-image dicts); None: the detector is called directly as ``use_inferer``
-            says.
+            network)`` returning the detector's per-image dicts); None: the detector is called directly as
+            ``use_inferer`` says.
         use_inferer: Without ``inferer``: True: ``detector(images, use_inferer=True)`` (the detector's sliding window
-            inferer); False: one forward pass of the whole image; None (default): True when the detector has an
-            inferer set.
-        epoch_length, non_blocking, iteration_update, postprocessing, key_val_metric, additional_metrics,:
+            inferer); False: one forward pass of the whole image; None (default): True when the detector has an inferer
+            set.
+        epoch_length, non_blocking, iteration_update, postprocessing, key_val_metric, additional_metrics,
         metric_cmp_fn, val_handlers, amp, event_names, event_to_attr, to_kwargs, amp_kwargs: As in
             ``monai.engines.SupervisedEvaluator``.
         decollate: Keep False: the output is already a list of per-image dicts.
         image_key, box_key, label_key: Item keys of the image and, when present, the ground-truth boxes and labels;
-            ``box_key=None``: never
-            read ground truth (inference on items that carry world-coordinate boxes).
+            ``box_key=None``: never read ground truth (inference on items that carry world-coordinate boxes).
+        voxel_regions: The items' boxes are in voxel-region coordinates
+            (:class:`~medbundle.detection.transforms.BoxesToVoxelRegionsd`): the ground truth is moved back to
+            voxel-centre coordinates, as the inferer (``DetectorInferer(voxel_regions=True)``, which must agree) moves
+            the predictions.
 
     Note:
         ``engine.state.output`` is a list with one dict per image:
@@ -322,6 +323,7 @@ class DetectionEvaluator(Evaluator):
         image_key: str = "image",
         box_key: str = "box",
         label_key: str = "label",
+        voxel_regions: bool = False,
     ) -> None:
         super().__init__(
             device=device,
@@ -344,9 +346,15 @@ class DetectionEvaluator(Evaluator):
         self.detector = detector
         self.network = detector.network
         # one code path: without an explicit inferer, the detector's own call (sliding window or not)
-        self.inferer = inferer if inferer is not None else DetectorInferer(detector, use_inferer)
+        self.inferer = inferer if inferer is not None else DetectorInferer(detector, use_inferer, voxel_regions)
+        if getattr(self.inferer, "voxel_regions", voxel_regions) != voxel_regions:
+            raise ValueError(
+                f"DetectionEvaluator(voxel_regions={voxel_regions}) with an inferer that has voxel_regions="
+                f"{self.inferer.voxel_regions}: predictions and ground truth would be half a voxel apart; set both."
+            )
         self.use_inferer = use_inferer
         self.image_key, self.box_key, self.label_key = image_key, box_key, label_key
+        self.voxel_regions = bool(voxel_regions)
 
     def _iteration(self, engine: DetectionEvaluator, batchdata: Any) -> list[dict[str, Any]]:
         """Detect boxes in every image of the batch; returns the per-image dicts of the class notes."""
@@ -370,6 +378,8 @@ class DetectionEvaluator(Evaluator):
             }
             if engine.box_key in it and engine.label_key in it:
                 out["box"], out["label"] = _boxes_labels(it, engine.box_key, engine.label_key, det.spatial_dims)
+                if engine.voxel_regions:
+                    out["box"] = shift_boxes(out["box"], -VOXEL_REGION_SHIFT)
             outputs.append(out)
         engine.state.output = outputs
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

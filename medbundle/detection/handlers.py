@@ -235,8 +235,9 @@ class DetectionMetric(Metric):  # type: ignore[misc, valid-type]
             ``iou_thresholds``).
         classes, iou_thresholds, excluded, affine_lps_to_ras: See :class:`DetectionReport`.
         output_transform: Maps ``engine.state.output`` (the evaluator's list of per-image dicts) to that list.
-        The value is computed on the outputs of all ranks (gathered), so every rank sees the same key metric.:
-        An undefined value (no ground truth) is 0.0, so the best-metric comparison still works.:
+
+    The value is computed on the outputs of all ranks (gathered), so every rank sees the same key metric. An
+    undefined value (no ground truth) is 0.0, so the best-metric comparison still works.
     """
 
     required_output_keys = None
@@ -315,12 +316,10 @@ class DetectionReport:
         froc: Compute the LUNA16 FROC / CPM.
         excluded: ``{seriesuid: [[x, y, z, diameter_mm], ...]}`` (LPS mm) findings whose marks are neither hits nor FPs.
         n_bootstraps, seed: Scan bootstrap of the FROC intervals written to ``metrics.json`` (``engine.state.metrics``
-            values are
-            computed without it when bootstrapping; they are the same point estimates).
+            values are computed without it when bootstrapping; they are the same point estimates).
         save_best_metric_key: None: write the files after every run. A metric name (e.g. ``"val_cpm"``, or the
-            evaluator's key
-            metric): write only when that value of ``engine.state.metrics`` is the best so far, so the files
-            describe the best validation epoch.
+            evaluator's key metric): write only when that value of ``engine.state.metrics`` is the best so far, so the
+            files describe the best validation epoch.
         metric_prefix: ``engine.state.metrics`` gets ``<prefix>cpm``, ``<prefix>map``, ``<prefix>mar``.
         affine_lps_to_ras: World frame; see the module docstring.
         output_transform: Maps ``engine.state.output`` to the evaluator's list of per-image dicts.
@@ -466,11 +465,11 @@ class DetectionWriter(StreamingWriter):
     Args:
         output_dir: Folder of ``<uid>_boxes.json`` (one per image; every rank writes its own images) and the CSVs.
         results_csv: File name (in ``output_dir``) of the LUNA16 CSV ``seriesuid,coordX,coordY,coordZ,probability``
-            (readable by ``medbundle froc``): each scan's marks are appended when the scan is done; at the end
-            the file is rewritten with the scans in input order.
+            (readable by ``medbundle froc``): each scan's marks are appended when the scan is done; at the end the file
+            is rewritten with the scans in input order.
         seriesuids_csv: File name (in ``output_dir``) of the list of every scan done, one UID per line (LUNA16's
-            ``seriesuids.csv`` form), so scans without marks count in ``medbundle froc --seriesuids``. A scan's
-            line is written after its JSON and marks: it is the ledger a re-run reads to skip done scans.
+            ``seriesuids.csv`` form), so scans without marks count in ``medbundle froc --seriesuids``. A scan's line is
+            written after its JSON and marks: it is the ledger a re-run reads to skip done scans.
         max_marks: Highest-scoring marks per scan in the CSV (LUNA16 evaluates 100); the JSON keeps every box.
         affine_lps_to_ras: World frame; see the module docstring.
         output_transform: Maps ``engine.state.output`` to the evaluator's list of per-image dicts.
@@ -479,9 +478,10 @@ class DetectionWriter(StreamingWriter):
             (evaluation): every run starts afresh and scans are listed in the order they come (a scan that a
             ``DistributedSampler`` gave to two ranks once).
         progress, fsync: See :class:`~medbundle.handlers.streaming.StreamingWriter`.
-        ``<uid>_boxes.json``: ``{"seriesuid", "image", "boxes": [[x, y, z, w, h, d], ...] (world mm cccwhd,:
-        highest score first), "labels", "scores", "box_mode": "cccwhd", "coordinate_system"}``.:
-        ``skipped.csv``: ``file, reason, seriesuid`` of the scans that failed.:
+
+    Files: ``<uid>_boxes.json``: ``{"seriesuid", "image", "boxes": [[x, y, z, w, h, d], ...] (world mm cccwhd,
+    highest score first), "labels", "scores", "box_mode": "cccwhd", "coordinate_system"}``; ``skipped.csv``:
+    ``file, reason, seriesuid`` of the scans that failed.
     """
 
     def __init__(

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from medbundle.detection.transforms import VOXEL_REGION_SHIFT, shift_boxes
+
 __all__ = ["DetectorInferer"]
 
 
@@ -23,15 +25,20 @@ class DetectorInferer(Inferer):
     Args:
         detector: The ``RetinaNetDetector``.
         use_inferer: None (default): use the sliding window when the detector has one set; True / False force it.
-        ``__call__(inputs, network=None)``: ``inputs`` is a list of ``(C, *spatial)`` tensors or a ``(B, C,:
-        *spatial)`` tensor; ``network`` is ignored (the detector holds its network). Returns one dict per image:
-        with the detector's box (``(K, 2 * spatial_dims)``, image voxels, ``xyzxyz``), label and score keys.:
+        voxel_regions: The detector was trained on boxes in voxel-region coordinates
+            (:class:`~medbundle.detection.transforms.BoxesToVoxelRegionsd`): its boxes are moved back to voxel-centre
+            coordinates (-0.5 voxel), the frame of the image affine.
+
+    ``__call__(inputs, network=None)``: ``inputs`` is a list of ``(C, *spatial)`` tensors or a ``(B, C,
+    *spatial)`` tensor; ``network`` is ignored (the detector holds its network). Returns one dict per image
+    with the detector's box (``(K, 2 * spatial_dims)``, image voxels, ``xyzxyz``), label and score keys.
     """
 
-    def __init__(self, detector: torch.nn.Module, use_inferer: bool | None = None) -> None:
+    def __init__(self, detector: torch.nn.Module, use_inferer: bool | None = None, voxel_regions: bool = False) -> None:
         super().__init__()
         self.detector = detector
         self.use_inferer = use_inferer
+        self.voxel_regions = bool(voxel_regions)
 
     def __call__(self, inputs: Any, network: Callable | None = None, *args: Any, **kwargs: Any) -> list[dict]:
         images = list(inputs) if isinstance(inputs, (list, tuple)) else list(torch.unbind(inputs, dim=0))
@@ -39,4 +46,8 @@ class DetectorInferer(Inferer):
         if use is None:
             use = getattr(self.detector, "inferer", None) is not None
         self.detector.eval()
-        return self.detector(images, use_inferer=bool(use))
+        preds = self.detector(images, use_inferer=bool(use))
+        if self.voxel_regions:
+            key = self.detector.target_box_key
+            preds = [{**p, key: shift_boxes(p[key], -VOXEL_REGION_SHIFT)} for p in preds]
+        return preds

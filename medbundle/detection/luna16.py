@@ -120,26 +120,24 @@ def luna16_datalist(
     Args:
         root: Folder with ``subset0`` .. ``subsetN`` (scans) and ``annotations.csv``.
         val_fold, test_fold: Fold numbers whose scans form ``"validation"`` and ``"testing"``; all other scans are
-            ``"training"``. ``test_fold=None``: no test scans (``"testing"`` is empty). ``val_fold=None``: the last
-            fold (``n_folds - 1``), or the one before it when that is the test fold. Cross-validation as in
-            MONAI's LUNA16 recipe: ``val_fold=k`` for k in 0..9, ``test_fold=None``.
-        n_folds: Fold of a scan = its subset number modulo ``n_folds``; None: one fold per subset (the number of
-            folds is the largest subset number found + 1).
+            ``"training"``. ``test_fold=None``: no test scans (``"testing"`` is empty). ``val_fold=None``: the last fold
+            (``n_folds - 1``), or the one before it when that is the test fold. Cross-validation as in MONAI's LUNA16
+            recipe: ``val_fold=k`` for k in 0..9, ``test_fold=None``.
+        n_folds: Fold of a scan = its subset number modulo ``n_folds``; None: one fold per subset (the number of folds
+            is the largest subset number found + 1).
         label: Class index written for every nodule.
         include_excluded: Also give each item ``"excluded_box"``: its excluded findings as ``cccwhd`` world LPS boxes (a
-            negative diameter becomes 10 mm, the size the LUNA16 evaluation gives them), e.g. to ignore
-            detections there. ``"box"``/``"label"`` never hold excluded findings.
+            negative diameter becomes 10 mm, the size the LUNA16 evaluation gives them), e.g. to ignore detections
+            there. ``"box"``/``"label"`` never hold excluded findings.
         annotations, excluded: CSV paths; default ``root/annotations.csv`` (required) and
-            ``root/annotations_excluded.csv``
-            (optional: no file, no excluded findings).
+            ``root/annotations_excluded.csv`` (optional: no file, no excluded findings).
 
     Returns:
-        dict: ``"training"``, ``"validation"``, ``"testing"``: lists of items ``{"image": absolute path str,
-            "box": [[cx, cy, cz, d, d, d], ...] (world mm, LPS, cccwhd), "label": [label, ...], "seriesuid",
-            "subset"}`` sorted by subset then UID; scans without nodules are included with empty ``box`` and
-            ``label`` (they carry the false positives of a FROC analysis). ``"excluded"``: ``{uid: [[x, y, z,
-            diameter_mm], ...]}`` for the scans found. ``"n_folds"``, ``"val_fold"``, ``"test_fold"``: the split
-            actually used.
+        dict: ``"training"``, ``"validation"``, ``"testing"``: lists of items ``{"image": absolute path str, "box":
+            [[cx, cy, cz, d, d, d], ...] (world mm, LPS, cccwhd), "label": [label, ...], "seriesuid", "subset"}`` sorted
+            by subset then UID; scans without nodules are included with empty ``box`` and ``label`` (they carry the
+            false positives of a FROC analysis). ``"excluded"``: ``{uid: [[x, y, z, diameter_mm], ...]}`` for the scans
+            found. ``"n_folds"``, ``"val_fold"``, ``"test_fold"``: the split actually used.
 
     Raises:
         FileNotFoundError: No scans, or no annotations file (the message names the path).
@@ -239,10 +237,10 @@ def write_luna16_results(rows: Iterable[Mapping[str, Any] | Sequence[Any]], path
     """Write a LUNA16 submission CSV ``seriesuid,coordX,coordY,coordZ,probability``.
 
     Args:
-        rows: One per CAD mark: a mapping with those five keys, or a sequence in that order. Coordinates are
-            world mm, LPS (the ``annotations.csv`` frame); probability is any score, higher = more suspicious.
-        path: Output CSV (parent folders are created). Numbers are written with Python's shortest round-trip
-            repr, so :func:`medbundle.io.luna16_csv.read_luna16_results` reads back the same float64 values.
+        rows: One per CAD mark: a mapping with those five keys, or a sequence in that order. Coordinates are world mm,
+            LPS (the ``annotations.csv`` frame); probability is any score, higher = more suspicious.
+        path: Output CSV (parent folders are created). Numbers are written with Python's shortest round-trip repr, so
+            :func:`medbundle.io.luna16_csv.read_luna16_results` reads back the same float64 values.
 
     Returns:
         The path written. A header is written even when there are no rows.

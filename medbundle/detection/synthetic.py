@@ -100,10 +100,10 @@ def sample_nodule_diameters(
         rng: random generator (one uniform draw per diameter).
         n: number of diameters.
         diameter_range: ``(min, max)`` in mm; the distribution is truncated to it.
-        distribution: ``"luna16"``: LUNA16's own size distribution (:data:`LUNA16_DIAMETER_QUANTILES`, linear
-            between its quantiles; on 3-30 mm: median 6.4 mm, mean 8.3 mm, 76 % under 10 mm). ``"power"``:
-            density proportional to ``d ** -exponent`` (``exponent=2`` on 3-30 mm: median 5.5 mm, mean 7.7 mm,
-            but 28 % under 4 mm where LUNA16 has 4 %).
+        distribution: ``"luna16"``: LUNA16's own size distribution (:data:`LUNA16_DIAMETER_QUANTILES`, linear between
+            its quantiles; on 3-30 mm: median 6.4 mm, mean 8.3 mm, 76 % under 10 mm). ``"power"``: density proportional
+            to ``d ** -exponent`` (``exponent=2`` on 3-30 mm: median 5.5 mm, mean 7.7 mm, but 28 % under 4 mm where
+            LUNA16 has 4 %).
         exponent: exponent of the ``"power"`` distribution.
 
     Returns:
@@ -240,11 +240,10 @@ def render_luna16_scan(
 
     Returns:
         (volume, lungs, nodules, excluded): ``volume``: int16 HU, shape ``(X, Y, Z)`` in LPS index order (``i`` -> left,
-            ``j`` -> posterior,
-            ``k`` -> superior), ready for :func:`~medbundle.io.metaimage.write_mhd`; ``lungs``: bool, the lung
-            mask before the findings were drawn; ``nodules`` / ``excluded``: lists of
-            ``{"ijk": [i, j, k] (continuous voxel indices of the centre), "diameter_mm": float (-1 for a
-            non-nodule), "kind": "solid" | "part-solid" | "small-nodule" | "non-nodule"}``.
+            ``j`` -> posterior, ``k`` -> superior), ready for :func:`~medbundle.io.metaimage.write_mhd`; ``lungs``:
+            bool, the lung mask before the findings were drawn; ``nodules`` / ``excluded``: lists of ``{"ijk": [i, j, k]
+            (continuous voxel indices of the centre), "diameter_mm": float (-1 for a non-nodule), "kind": "solid" |
+            "part-solid" | "small-nodule" | "non-nodule"}``.
     """
     shape = tuple(int(s) for s in shape)
     sp = np.asarray(spacing, dtype=np.float64)
@@ -344,15 +343,13 @@ def generate_luna16(
         n_subsets: Number of ``subsetK`` folders; scans are dealt to them at random in equal numbers (+-1).
         seed: Everything is a function of the arguments: same seed, same files.
         nodules_per_scan: ``(min, max)`` nodules per scan, both inclusive, uniform. The first scan (by index) of each
-            subset
-            gets at least one nodule when ``max >= 1``, so every fold can measure sensitivity.
+            subset gets at least one nodule when ``max >= 1``, so every fold can measure sensitivity.
         diameter_range: ``(min, max)`` nodule diameter in mm (``annotations.csv``).
         part_solid_fraction: Fraction of nodules drawn part-solid (ground-glass halo and solid core).
         excluded_per_scan: ``(min, max)`` excluded findings per scan, both inclusive (``annotations_excluded.csv``).
         jitter: Relative per-scan variation of the spacing.
         diameter_distribution: ``"luna16"`` (default): LUNA16's nodule size distribution truncated to
-            ``diameter_range``;
-            ``"power"``: density ``1/d^2`` (see :func:`sample_nodule_diameters`).
+            ``diameter_range``; ``"power"``: density ``1/d^2`` (see :func:`sample_nodule_diameters`).
 
     Returns:
         dict with ``root``, ``n_scans``, ``n_subsets``, ``subsets`` (list of UID lists, one per subset),

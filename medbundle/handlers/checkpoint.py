@@ -292,13 +292,11 @@ class ResumeCheckpoint:
 
     Args:
         filepath: the checkpoint file (e.g. ``models/last_epoch.pt``).
-        resume: load ``filepath`` at ``Events.STARTED`` and continue from it; without the file, log it and
-            start afresh.
+        resume: load ``filepath`` at ``Events.STARTED`` and continue from it; without the file, log it and start afresh.
         lr_scheduler: the LR scheduler stepped by ``LrScheduleHandler``; None: none.
         evaluator: the validation evaluator whose ``best_metric`` / ``best_metric_epoch`` are kept.
-        evaluator_handlers: the evaluator's handlers; the tracking state of each ``CheckpointSaver`` among them
-            that saves on the key metric is kept, so a resumed run overwrites the best model only with a better
-            one.
+        evaluator_handlers: the evaluator's handlers; the tracking state of each ``CheckpointSaver`` among them that
+            saves on the key metric is kept, so a resumed run overwrites the best model only with a better one.
         extra_state: further objects with ``state_dict()`` / ``load_state_dict()`` to keep, by name.
         transform: the training transform chain whose random states are kept; default the trainer's dataset's
             ``transform``.

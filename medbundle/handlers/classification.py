@@ -37,8 +37,8 @@ class MultiLabelAUROC(IgniteMetricHandler):
 
     Args:
         average: ``"macro"`` (mean over classes with both labels present) or ``"none"``.
-        output_transform: maps ``engine.state.output`` to ``(y_pred, y)``; the default reads the
-            ``pred`` and ``label`` keys of decollated outputs.
+        output_transform: maps ``engine.state.output`` to ``(y_pred, y)``; the default reads the ``pred`` and ``label``
+            keys of decollated outputs.
     """
 
     def __init__(
@@ -92,20 +92,20 @@ class ClassificationReport:
 
     Args:
         class_names: one name per output channel.
-        output_dir: where ``metrics.json`` (or ``<prefix>metrics.json``) and ``roc.png`` go; None writes
-            no report (useful during training, where only the thresholds are wanted).
-        thresholds_file: thresholds chosen on validation, used for sensitivity/specificity/PPV/NPV. If
-            None or missing, thresholds are chosen on the data of this run by Youden's J and the report
-            says so (that is optimistic, and only meant as a fallback).
-        save_thresholds_to: when given, after each evaluator epoch that is the best so far by the
-            evaluator's key metric, write the Youden thresholds of that epoch here (with the epoch and
-            the metric), so evaluation and inference use thresholds chosen on validation.
+        output_dir: where ``metrics.json`` (or ``<prefix>metrics.json``) and ``roc.png`` go; None writes no report
+            (useful during training, where only the thresholds are wanted).
+        thresholds_file: thresholds chosen on validation, used for sensitivity/specificity/PPV/NPV. If None or missing,
+            thresholds are chosen on the data of this run by Youden's J and the report says so (that is optimistic, and
+            only meant as a fallback).
+        save_thresholds_to: when given, after each evaluator epoch that is the best so far by the evaluator's key
+            metric, write the Youden thresholds of that epoch here (with the epoch and the metric), so evaluation and
+            inference use thresholds chosen on validation.
         split_name: the name of the evaluated split, recorded in the report.
         confidence: confidence level of the AUROC intervals.
         plot: write ``roc.png``.
-        multiclass: labels are class indices of a softmax classifier: the report adds the confusion
-            matrix of the class decision (rows = true class; largest margin over the thresholds, else
-            arg-max), accuracy and balanced accuracy; the per-class figures are one-vs-rest.
+        multiclass: labels are class indices of a softmax classifier: the report adds the confusion matrix of the class
+            decision (rows = true class; largest margin over the thresholds, else arg-max), accuracy and balanced
+            accuracy; the per-class figures are one-vs-rest.
         output_transform: maps a decollated output item to ``(pred, label)``.
     """
 

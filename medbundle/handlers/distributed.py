@@ -58,8 +58,8 @@ def rank_handlers(handlers: list | tuple | None, is_rank0: bool | None = None) -
 
     Args:
         handlers: a trainer's or evaluator's handler list (instantiated objects).
-        is_rank0: whether this process is rank 0; default: from the initialised process group, else the
-            ``RANK`` environment variable.
+        is_rank0: whether this process is rank 0; default: from the initialised process group, else the ``RANK``
+            environment variable.
     """
     handlers = list(handlers or [])
     if (_rank() == 0) if is_rank0 is None else is_rank0:

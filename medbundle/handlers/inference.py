@@ -62,8 +62,8 @@ class PredictionsWriter(StreamingWriter):
         filename_key: the datalist key holding the file name (without a plan; with one, the plan's key).
         dataset: optional dataset with a ``skipped`` list of ``(name, reason)`` (``DiskCacheDataset``).
         csv_name: file name of the table.
-        multiclass: softmax outputs: instead of one call per class, one ``predicted`` column: the class
-            exceeding its stored threshold by the largest margin, else the arg-max
+        multiclass: softmax outputs: instead of one call per class, one ``predicted`` column: the class exceeding its
+            stored threshold by the largest margin, else the arg-max
             (:func:`~medbundle.metrics.classification.multiclass_decision`).
         plan: the run's :class:`~medbundle.data.streaming.InferencePlan` (resume, shards, input order).
         progress, fsync: see :class:`~medbundle.handlers.streaming.StreamingWriter`.
@@ -161,8 +161,8 @@ class GradCAMSaver:
 
     Args:
         network: the classifier (the same module the evaluator runs).
-        target_layers: name of the layer whose activations and gradients make the map, e.g.
-            ``"class_layers.relu"`` for MONAI's DenseNet121.
+        target_layers: name of the layer whose activations and gradients make the map, e.g. ``"class_layers.relu"`` for
+            MONAI's DenseNet121.
         class_names: one per output channel.
         output_dir: where the PNGs go.
         thresholds_file: decides which classes are "positive".

@@ -50,8 +50,8 @@ class TrainingProgress:
     Args:
         log_every_s: seconds between log lines within an epoch when there is no terminal.
         mode: ``"bar"``, ``"log"`` or ``"off"``; default :func:`medbundle.progress.progress_mode`.
-        output_transform: maps ``engine.state.output`` to the ``{name: value}`` shown beside the bar and in
-            the log line; default the loss.
+        output_transform: maps ``engine.state.output`` to the ``{name: value}`` shown beside the bar and in the log
+            line; default the loss.
         name: logger name; default the engine's logger.
     """
 

@@ -34,9 +34,8 @@ class TolerantSelection:
     from being followed step by step. ``tolerance=0`` gives "greater or equal": the later of tied epochs.
 
     Args:
-        tolerance: how much worse than the peak a later epoch may be and still be selected, in the metric's
-            units (e.g. 0.01 AUROC); about the metric's standard error on the validation set is a sensible
-            value.
+        tolerance: how much worse than the peak a later epoch may be and still be selected, in the metric's units (e.g.
+            0.01 AUROC); about the metric's standard error on the validation set is a sensible value.
         greater_is_better: False for metrics such as a loss.
 
     Raises:

@@ -79,9 +79,8 @@ class StreamingWriter:
 
     Args:
         output_dir: folder of the outputs.
-        plan: the run's :class:`~medbundle.data.streaming.InferencePlan` (resume, shards, input order,
-            progress). None: every run starts afresh, rows are ordered as they arrive and the process
-            group (if any) decides the rank.
+        plan: the run's :class:`~medbundle.data.streaming.InferencePlan` (resume, shards, input order, progress). None:
+            every run starts afresh, rows are ordered as they arrive and the process group (if any) decides the rank.
         dataset: optional dataset with a ``skipped`` list of ``(name, reason)``
             (:class:`~medbundle.data.DiskCacheDataset`), added to ``skipped.csv``.
         progress: show progress on rank 0 (with a plan).

@@ -91,13 +91,13 @@ def read_class_label(label: Any, class_names: Sequence[str], multi_label: bool =
     Args:
         label: a path to a JSON class-label file (see the module docstring), or an already loaded label.
         class_names: the bundle's classes, in output order.
-        multi_label: True: return a float vector of ``len(class_names)`` (``None`` where unknown); False:
-            return the class index.
+        multi_label: True: return a float vector of ``len(class_names)`` (``None`` where unknown); False: return the
+            class index.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not JSON, or names a class the bundle does not have, or has the wrong
-            number of values (the message names the file and the bundle's classes).
+        ValueError: the file is not JSON, or names a class the bundle does not have, or has the wrong number of values
+            (the message names the file and the bundle's classes).
     """
     if not is_label_file(label):
         return label

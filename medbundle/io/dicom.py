@@ -99,12 +99,11 @@ class XrayDicomReader(ImageReader):
 
     Args:
         reverse_indexing: Swap the two axes so the array is (W, H) = (columns, rows), like MONAI's ``PILReader``
-            default;
-            ``False`` gives (rows, columns) as pydicom stores it. Keep the same value as the ``PILReader`` you
+            default; ``False`` gives (rows, columns) as pydicom stores it. Keep the same value as the ``PILReader`` you
             mix it with.
         no_window: What to do when the file has neither a VOI LUT nor a window: ``"bits"`` maps the full range the
-            stored bits can hold (after the modality LUT) onto [0, 255] (no per-image stretching);
-            ``"minmax"`` stretches the image's own min..max onto [0, 255].
+            stored bits can hold (after the modality LUT) onto [0, 255] (no per-image stretching); ``"minmax"``
+            stretches the image's own min..max onto [0, 255].
         force: Passed to ``pydicom.dcmread``: read files that lack the DICOM preamble / ``DICM`` magic.
 
     Note:

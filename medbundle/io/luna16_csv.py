@@ -82,8 +82,7 @@ def read_luna16_annotations(path: str | os.PathLike) -> Table:
 
     Returns:
         dict of str to np.ndarray: ``seriesuid`` (str array, shape (N,)); ``coordX``, ``coordY``, ``coordZ`` (float64,
-        world mm);
-            ``diameter_mm`` (float64; negative values are kept, :func:`luna16_froc` reads them as 10 mm).
+        world mm); ``diameter_mm`` (float64; negative values are kept, :func:`luna16_froc` reads them as 10 mm).
 
     Raises:
         ValueError: Naming the file and the missing column, or the row and column that is not a number.
@@ -96,8 +95,7 @@ def read_luna16_results(path: str | os.PathLike) -> Table:
 
     Returns:
         dict of str to np.ndarray: ``seriesuid`` (str, shape (K,)); ``coordX``, ``coordY``, ``coordZ`` (float64, world
-        mm);
-            ``probability`` (float64, any monotone score; higher is more suspicious).
+        mm); ``probability`` (float64, any monotone score; higher is more suspicious).
     """
     return _read_table(path, RESULT_COLUMNS)
 

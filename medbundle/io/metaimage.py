@@ -103,15 +103,15 @@ def write_mhd(
     """Write a 3D volume as MetaImage: a text header ``<name>.mhd`` and the voxels in ``<name>.raw``.
 
     Args:
-        path_mhd: Header path; must end with ``.mhd``. The data file is the same name with ``.raw`` (a LUNA16
-            series UID such as ``1.3.6.1...860.mhd`` gives ``1.3.6.1...860.raw``). Parent folders are created.
+        path_mhd: Header path; must end with ``.mhd``. The data file is the same name with ``.raw`` (a LUNA16 series UID
+            such as ``1.3.6.1...860.mhd`` gives ``1.3.6.1...860.raw``). Parent folders are created.
         array_xyz: Voxels, shape ``(X, Y, Z)`` (index ``[i, j, k]``); written little endian with x fastest. int16 (HU)
-            gives ``MET_SHORT`` as in LUNA16; other integer and float dtypes get their MetaImage type, bool is
-            written as uint8.
+            gives ``MET_SHORT`` as in LUNA16; other integer and float dtypes get their MetaImage type, bool is written
+            as uint8.
         spacing_xyz: Voxel size in mm along the three array axes (``ElementSpacing``), all > 0.
         origin_xyz_lps: LPS world position (mm) of the centre of voxel ``(0, 0, 0)`` (``Offset``).
-        direction: ITK direction matrix ``D`` (3 x 3, columns = axis directions in LPS); identity when None. Written
-            as ``TransformMatrix`` column by column (see the module docstring).
+        direction: ITK direction matrix ``D`` (3 x 3, columns = axis directions in LPS); identity when None. Written as
+            ``TransformMatrix`` column by column (see the module docstring).
 
     Returns:
         Path of the ``.mhd`` header.
@@ -197,11 +197,11 @@ def read_mhd_header(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         dict with: ``fields`` (every ``Key = Value`` line as strings, in file order), ``ndim`` (int), ``dim_size``
-            (tuple of ints, ``(X, Y, Z)``), ``spacing`` (float64 ``(ndim,)`` mm), ``origin`` (float64 ``(ndim,)``,
-            LPS mm), ``direction`` (float64 ``(ndim, ndim)``, ITK direction matrix, columns = axes), ``dtype``
-            (numpy dtype with the file's byte order), ``element_type`` (str), ``n_channels`` (int),
-            ``compressed`` (bool), ``data_file`` (Path, or None for ``LOCAL``), ``data_offset`` (bytes to skip in
-            the data file; for ``LOCAL`` the header length; -1 = data at the end of the file), ``filename`` (str).
+            (tuple of ints, ``(X, Y, Z)``), ``spacing`` (float64 ``(ndim,)`` mm), ``origin`` (float64 ``(ndim,)``, LPS
+            mm), ``direction`` (float64 ``(ndim, ndim)``, ITK direction matrix, columns = axes), ``dtype`` (numpy dtype
+            with the file's byte order), ``element_type`` (str), ``n_channels`` (int), ``compressed`` (bool),
+            ``data_file`` (Path, or None for ``LOCAL``), ``data_offset`` (bytes to skip in the data file; for ``LOCAL``
+            the header length; -1 = data at the end of the file), ``filename`` (str).
 
     Raises:
         ValueError: Naming the file: not a MetaImage header, missing ``NDims``/``DimSize``/``ElementType``/
@@ -297,9 +297,8 @@ def read_mhd(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 
     Returns:
         (array_xyz, header): ``array_xyz``: shape ``DimSize`` = ``(X, Y, Z)`` (``(X, Y, Z, C)`` for multi-channel
-            elements), in
-            native byte order and the file's element type (int16 HU for LUNA16), writable; a transposed view of
-            the file order (x fastest). ``header``: see :func:`read_mhd_header` (``spacing`` mm, ``origin`` LPS
+            elements), in native byte order and the file's element type (int16 HU for LUNA16), writable; a transposed
+            view of the file order (x fastest). ``header``: see :func:`read_mhd_header` (``spacing`` mm, ``origin`` LPS
             mm, ``direction`` ITK direction matrix).
 
     Raises:

@@ -154,8 +154,8 @@ def read_rows(path: str | os.PathLike, header: Sequence[str] | None = None, has_
     Args:
         path: the CSV file.
         header: the expected header line; a file that starts with another one raises.
-        has_header: whether the first line is a header (default: ``header is not None``); with
-            ``header=None, has_header=True`` the first line is skipped unchecked.
+        has_header: whether the first line is a header (default: ``header is not None``); with ``header=None,
+            has_header=True`` the first line is skipped unchecked.
 
     Raises:
         ValueError: the header differs from ``header`` (the message names the file and both headers).
@@ -348,8 +348,8 @@ class ResultTables:
         """Merge the final files and all parts into the final files (atomically) and remove the parts.
 
         Args:
-            order: every item key of the input, in input order; rows of other keys are dropped. None: keep
-                every key, in the order first seen (final file first, then the parts by rank).
+            order: every item key of the input, in input order; rows of other keys are dropped. None: keep every key, in
+                the order first seen (final file first, then the parts by rank).
 
         Returns:
             Rows written per table name.

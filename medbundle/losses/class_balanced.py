@@ -64,8 +64,8 @@ def effective_number_weights(
     Args:
         counts: number of samples per class, shape ``(C,)``, non-negative (need not be integers).
         beta: hyper-parameter in ``[0, 1)``.
-        normalize: if True, scale the weights so that they sum to the number of classes with a non-zero
-            count (``C`` when every class has samples), as in Cui et al.
+        normalize: if True, scale the weights so that they sum to the number of classes with a non-zero count (``C``
+            when every class has samples), as in Cui et al.
 
     Returns:
         float32 tensor of shape ``(C,)``.
@@ -159,8 +159,8 @@ class ClassBalancedLoss(nn.Module):
         beta: effective-number hyper-parameter in ``[0, 1)``.
         loss_type: ``"bce"``, ``"focal"`` (multi-label), ``"ce"`` or ``"softmax_focal"`` (multi-class).
         gamma: focusing exponent for the focal variants.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (element-wise weighted loss; ``(B, C, ...)`` for
-            multi-label, ``(B, ...)`` for multi-class; 0 at ignored entries).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (element-wise weighted loss; ``(B, C, ...)`` for multi-label,
+            ``(B, ...)`` for multi-class; 0 at ignored entries).
         neg_samples_per_class: per-class negative counts ``(C,)``, multi-label only.
         ignore_index: target value ignored by the multi-class variants.
     """
@@ -221,8 +221,8 @@ class ClassBalancedLoss(nn.Module):
 
         Args:
             input: logits ``(B, C, ...)``.
-            target: multi-label: float ``(B, C, ...)`` in [0, 1] with NaN for missing labels;
-                multi-class: class indices ``(B, ...)`` or ``(B, 1, ...)``.
+            target: multi-label: float ``(B, C, ...)`` in [0, 1] with NaN for missing labels; multi-class: class indices
+                ``(B, ...)`` or ``(B, 1, ...)``.
 
         Returns:
             float32 scalar, or the element-wise loss for ``reduction="none"``.

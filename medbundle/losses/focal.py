@@ -58,10 +58,10 @@ class SigmoidFocalLoss(nn.Module):
 
     Args:
         gamma: focusing exponent (>= 0); ``gamma=0`` with ``alpha=None`` is binary cross-entropy.
-        alpha: weight of the positive label, in [0, 1]: a scalar, a per-class sequence of length C, or
-            None for no alpha weighting (torchvision's ``alpha=-1``). Default 0.25 as in Lin et al.
-        reduction: ``"mean"`` (sum over valid entries / number of valid entries), ``"sum"``, or
-            ``"none"`` (element-wise loss, 0 at NaN targets, same shape as the input).
+        alpha: weight of the positive label, in [0, 1]: a scalar, a per-class sequence of length C, or None for no alpha
+            weighting (torchvision's ``alpha=-1``). Default 0.25 as in Lin et al.
+        reduction: ``"mean"`` (sum over valid entries / number of valid entries), ``"sum"``, or ``"none"`` (element-wise
+            loss, 0 at NaN targets, same shape as the input).
 
     Shapes:
         - input: logits, float, ``(B, C, ...)`` (any shape when ``alpha`` is a scalar or None).
@@ -146,9 +146,9 @@ class SoftmaxFocalLoss(nn.Module):
     Args:
         gamma: focusing exponent (>= 0).
         alpha: per-class weights (sequence of C non-negative floats) or None for no weighting.
-        reduction: ``"mean"`` (sum over non-ignored elements / their number; a plain average, not divided
-            by the sum of alpha as ``torch.nn.CrossEntropyLoss`` does with ``weight``), ``"sum"``, or
-            ``"none"`` (loss of shape ``(B, ...)``, 0 at ignored entries).
+        reduction: ``"mean"`` (sum over non-ignored elements / their number; a plain average, not divided by the sum of
+            alpha as ``torch.nn.CrossEntropyLoss`` does with ``weight``), ``"sum"``, or ``"none"`` (loss of shape ``(B,
+            ...)``, 0 at ignored entries).
         ignore_index: target value to leave out of the loss.
 
     Shapes:

@@ -44,8 +44,7 @@ class WeightedBCEWithLogitsLoss(nn.Module):
 
     Args:
         pos_weight: weight of positive entries: None (all 1), a scalar, or a per-class sequence ``(C,)``.
-        reduction: ``"mean"`` (over valid entries), ``"sum"`` or ``"none"`` (shape of the input, 0 at
-            NaN targets).
+        reduction: ``"mean"`` (over valid entries), ``"sum"`` or ``"none"`` (shape of the input, 0 at NaN targets).
 
     Shapes:
         - input: logits ``(B, C, ...)``, float.

@@ -54,14 +54,14 @@ def reliability_diagram(
         y_prob (array-like, same shape as ``y_true``): Predicted probabilities of the positive class, in [0, 1].
         n_bins (int, default 10): Number of bins.
         strategy ({"uniform", "quantile"}, default "uniform"): ``"uniform"``: equal-width bins on [0, 1].
-            ``"quantile"``: edges at the quantiles of
-            ``y_prob`` so bins hold about equal counts (ties can leave some bins empty).
+            ``"quantile"``: edges at the quantiles of ``y_prob`` so bins hold about equal counts (ties can leave some
+            bins empty).
 
     Returns:
-        dict: ``bin_edges`` float64 (n_bins + 1,); ``bin_confidence`` (mean predicted probability),
-            ``bin_accuracy`` (fraction of positives) as float64 (n_bins,), ``nan`` for empty bins;
-            ``bin_count`` int64 (n_bins,). Non-empty bins equal scikit-learn's ``calibration_curve``
-            ``(prob_true, prob_pred)`` with the same ``n_bins`` and ``strategy``.
+        dict: ``bin_edges`` float64 (n_bins + 1,); ``bin_confidence`` (mean predicted probability), ``bin_accuracy``
+            (fraction of positives) as float64 (n_bins,), ``nan`` for empty bins; ``bin_count`` int64 (n_bins,).
+            Non-empty bins equal scikit-learn's ``calibration_curve`` ``(prob_true, prob_pred)`` with the same
+            ``n_bins`` and ``strategy``.
     """
     if int(n_bins) < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins}.")

@@ -72,8 +72,8 @@ def binary_confusion(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, int]:
         y_pred (array-like of shape (N,)): Predicted labels, 0 or 1. To threshold scores use ``y_score >= threshold``.
 
     Returns:
-        dict: ``{"tp", "fp", "tn", "fn"}`` as Python ints. Equal to scikit-learn's
-            ``confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()`` read as (tn, fp, fn, tp).
+        dict: ``{"tp", "fp", "tn", "fn"}`` as Python ints. Equal to scikit-learn's ``confusion_matrix(y_true, y_pred,
+            labels=[0, 1]).ravel()`` read as (tn, fp, fn, tp).
     """
     t = check_binary_labels(y_true, "y_true")
     p = check_binary_labels(y_pred, "y_pred")
@@ -113,10 +113,10 @@ def binary_rates(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float | int]
 
     Returns:
         dict: ``sensitivity`` (recall, TPR), ``specificity`` (TNR), ``ppv`` (precision), ``npv``, ``f1``,
-            ``balanced_accuracy``, ``accuracy`` as floats in [0, 1], plus the counts ``tp, fp, tn, fn``
-            as ints. Any ratio whose denominator is 0 is ``nan`` (e.g. sensitivity with no positives);
-            nothing raises. scikit-learn's ``recall_score``/``precision_score`` would return 0 with a
-            warning instead, which reads like a failure of the model rather than of the data.
+            ``balanced_accuracy``, ``accuracy`` as floats in [0, 1], plus the counts ``tp, fp, tn, fn`` as ints. Any
+            ratio whose denominator is 0 is ``nan`` (e.g. sensitivity with no positives); nothing raises. scikit-learn's
+            ``recall_score``/``precision_score`` would return 0 with a warning instead, which reads like a failure of
+            the model rather than of the data.
     """
     counts = binary_confusion(y_true, y_pred)
     out: dict[str, float | int] = dict(_rates_from_counts(**counts))
@@ -129,18 +129,16 @@ def multilabel_rates(y_true: ArrayLike, y_pred: ArrayLike, average: str | None =
 
     Args:
         y_true (array-like of shape (N, C)): Labels in {0, 1}; NaN means "missing/uncertain" and drops that (sample,
-        class) entry from that
-            class's counts only.
+        class) entry from that class's counts only.
         y_pred (array-like of shape (N, C)): Predicted labels in {0, 1}.
         average ({"macro", "micro", None}, default "macro"): ``None``: per-class lists. ``"macro"``: unweighted mean
-            over classes of each per-class rate,
-            skipping classes where that rate is undefined (scikit-learn counts them as 0). ``"micro"``: rates
-            of the confusion counts summed over classes.
+            over classes of each per-class rate, skipping classes where that rate is undefined (scikit-learn counts them
+            as 0). ``"micro"``: rates of the confusion counts summed over classes.
 
     Returns:
-        dict: Keys ``sensitivity, specificity, ppv, npv, f1, balanced_accuracy, accuracy`` and the counts
-            ``tp, fp, tn, fn``. With ``average=None`` each value is a list of length C (floats, ``nan`` where
-            undefined; counts as ints); otherwise a float, with counts summed over classes.
+        dict: Keys ``sensitivity, specificity, ppv, npv, f1, balanced_accuracy, accuracy`` and the counts ``tp, fp, tn,
+            fn``. With ``average=None`` each value is a list of length C (floats, ``nan`` where undefined; counts as
+            ints); otherwise a float, with counts summed over classes.
     """
     if average not in ("macro", "micro", None):
         raise ValueError(f"average must be 'macro', 'micro' or None, got {average!r}.")
@@ -235,9 +233,9 @@ def multiclass_summary(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -
 
     Returns:
         dict: ``confusion_matrix`` (list of lists, rows = true class, columns = predicted class), ``accuracy``,
-            ``balanced_accuracy`` (mean per-class recall over classes present in ``y_true``), ``recall`` per
-            class (NaN for a class absent from ``y_true``). Same values as scikit-learn's ``confusion_matrix``
-            (with ``labels=range(num_classes)``), ``accuracy_score`` and ``balanced_accuracy_score``.
+            ``balanced_accuracy`` (mean per-class recall over classes present in ``y_true``), ``recall`` per class (NaN
+            for a class absent from ``y_true``). Same values as scikit-learn's ``confusion_matrix`` (with
+            ``labels=range(num_classes)``), ``accuracy_score`` and ``balanced_accuracy_score``.
     """
     t = np.asarray(y_true).reshape(-1).astype(np.int64)
     p = np.asarray(y_pred).reshape(-1).astype(np.int64)
@@ -270,11 +268,10 @@ def cohen_kappa_quadratic(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int
         num_classes (int, optional): K. Defaults to ``max(y_true.max(), y_pred.max()) + 1``.
 
     Returns:
-        float: Kappa in [-1, 1]; ``nan`` when undefined (empty input, or both raters constant and equal).
-            Equals scikit-learn's ``cohen_kappa_score(y_true, y_pred, weights="quadratic",
-            labels=range(K))``. Unlike scikit-learn's default (``labels=None``), the weight of a
-            disagreement is the distance between grade values, not between positions among the grades that
-            happen to occur, so an absent grade does not change the result.
+        float: Kappa in [-1, 1]; ``nan`` when undefined (empty input, or both raters constant and equal). Equals
+            scikit-learn's ``cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=range(K))``. Unlike
+            scikit-learn's default (``labels=None``), the weight of a disagreement is the distance between grade values,
+            not between positions among the grades that happen to occur, so an absent grade does not change the result.
     """
     t = _check_grades(y_true, "y_true")
     p = _check_grades(y_pred, "y_pred")
@@ -317,20 +314,18 @@ def multilabel_classification_report(
         y_score (array-like of shape (N, C)): Finite scores or probabilities; higher means more likely positive.
         class_names (sequence of str, length C): Unique class names; keys of ``per_class``.
         thresholds (sequence of C floats, or one float for all classes, optional): Operating thresholds (predicted
-            positive means ``score >= threshold``), e.g. from
-            :func:`medbundle.metrics.roc.youden_thresholds` on a validation set. When given, the rates at
-            that threshold are reported per class and macro-averaged.
+            positive means ``score >= threshold``), e.g. from :func:`medbundle.metrics.roc.youden_thresholds` on a
+            validation set. When given, the rates at that threshold are reported per class and macro-averaged.
         confidence (float, default 0.95): Level of the DeLong AUROC confidence intervals.
 
     Returns:
-        dict: ``{"n_samples", "class_names", "confidence", "ci_method", "per_class": {name: {...}},
-            "mean_auroc", "mean_average_precision", "macro": {...}}``. Each ``per_class`` entry has
-            ``n_pos, n_neg, n_missing, auroc, auroc_ci_low, auroc_ci_high, average_precision`` and, with
-            thresholds, ``threshold, sensitivity, specificity, ppv, npv, f1, tp, fp, tn, fn``.
-            ``mean_auroc`` is the NaN-ignoring mean over classes (classes with a single label value have
-            ``auroc = nan``); ``macro`` holds the same NaN-ignoring means of every per-class float. All
-            values are plain Python ``int``/``float``/``str``/``list`` (NaN allowed), so ``json.dump``
-            writes them directly.
+        dict: ``{"n_samples", "class_names", "confidence", "ci_method", "per_class": {name: {...}}, "mean_auroc",
+            "mean_average_precision", "macro": {...}}``. Each ``per_class`` entry has ``n_pos, n_neg, n_missing, auroc,
+            auroc_ci_low, auroc_ci_high, average_precision`` and, with thresholds, ``threshold, sensitivity,
+            specificity, ppv, npv, f1, tp, fp, tn, fn``. ``mean_auroc`` is the NaN-ignoring mean over classes (classes
+            with a single label value have ``auroc = nan``); ``macro`` holds the same NaN-ignoring means of every
+            per-class float. All values are plain Python ``int``/``float``/``str``/``list`` (NaN allowed), so
+            ``json.dump`` writes them directly.
     """
     from medbundle.metrics.roc import (  # scikit-learn and scipy.stats load here, not at import
         average_precision,

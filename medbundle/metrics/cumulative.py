@@ -46,8 +46,8 @@ class MultiLabelAUROCMetric(CumulativeIterationMetric):
     ``y``: (B, C) labels in {0, 1}, NaN where unknown; or (B,) class indices (one-vs-rest AUROC).
 
     Args:
-        average: ``"macro"`` returns the NaN-ignoring mean over classes (a float); ``"none"`` returns
-            the (C,) array of per-class values.
+        average: ``"macro"`` returns the NaN-ignoring mean over classes (a float); ``"none"`` returns the (C,) array of
+            per-class values.
     """
 
     def __init__(self, average: str = "macro") -> None:

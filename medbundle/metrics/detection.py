@@ -63,15 +63,14 @@ def box_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
 
     Args:
         boxes1 (array-like or torch.Tensor, shape (N, 2*D)): Corner boxes ``(x1, y1, x2, y2)`` (D=2) or ``(x1, y1, z1,
-        x2, y2, z2)`` (D=3), in any unit
-            (voxels or mm), both arrays in the same unit. Max corners must not be below min corners.
+        x2, y2, z2)`` (D=3), in any unit (voxels or mm), both arrays in the same unit. Max corners must not be below min
+            corners.
         boxes2 (array-like or torch.Tensor, shape (M, 2*D)): Same format as ``boxes1``.
 
     Returns:
         np.ndarray, shape (N, M), float64: ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|`` with extents ``max - min`` (no
-        "+1"), the
-            convention of :func:`torchvision.ops.box_iou` and :func:`monai.data.box_utils.box_iou`.
-            A pair whose union is empty (two degenerate boxes) has IoU 0.
+        "+1"), the convention of :func:`torchvision.ops.box_iou` and :func:`monai.data.box_utils.box_iou`. A pair whose
+            union is empty (two degenerate boxes) has IoU 0.
 
     Note:
         Unlike the torchvision and MONAI functions this accepts numpy or torch input of either
@@ -163,8 +162,7 @@ def coco_detection_metrics(
 
     Args:
         pred_boxes (sequence of array-like, one per image, shape (K_i, 2*D)): Predicted corner boxes (see
-        :func:`box_iou`), numpy or torch. Use ``np.zeros((0, 2*D))`` for an
-            image without predictions.
+        :func:`box_iou`), numpy or torch. Use ``np.zeros((0, 2*D))`` for an image without predictions.
         pred_scores (sequence of array-like, one per image, shape (K_i,)): Confidence of each predicted box; higher is
         more confident.
         pred_labels (sequence of array-like, one per image, shape (K_i,), int): Class index of each predicted box, ``0
@@ -174,20 +172,18 @@ def coco_detection_metrics(
         gt_labels (sequence of array-like, one per image, shape (G_i,), int): Class index of each ground-truth box.
         classes (sequence of str): Class names; ``classes[i]`` names label ``i``.
         iou_thresholds (sequence of float, default (0.1, 0.2, 0.3, 0.4, 0.5)): IoU thresholds at which AP and recall are
-        computed; mAP and mAR average over them. MONAI's
-            ``COCOMetric(iou_list=(0.1, 0.5), iou_range=(0.1, 0.5, 0.1))`` uses the same set.
+        computed; mAP and mAR average over them. MONAI's ``COCOMetric(iou_list=(0.1, 0.5), iou_range=(0.1, 0.5, 0.1))``
+            uses the same set.
         max_detections (int, default 100): Highest-scoring predictions kept per image and class (MONAI's
             ``max_detection[-1]``).
 
     Returns:
-        dict: ``iou_thresholds`` (list of float), ``max_detections``, ``classes``;
-            ``ap``: ``{class: {iou_key: AP}}`` (101-point interpolated precision, MONAI's
-            ``{class}_AP_IoU_{t}_MaxDet_{m}``); ``ap_per_iou``: ``{iou_key: mean AP over classes}``
-            (``AP_IoU_{t}_MaxDet_{m}``); ``map_per_class``: ``{class: mean AP over thresholds}``;
-            ``map``: mean AP over thresholds and classes (``mAP_IoU_..._MaxDet_{m}``); ``recall``:
-            ``{class: {iou_key: max recall}}``; ``mar_per_class``; ``mar`` (``mAR_IoU_..._MaxDet_{m}``);
-            ``n_gt`` and ``n_pred`` per class. ``iou_key`` is the threshold written with ``:g``
-            (``"0.1"``, ``"0.3"``).
+        dict: ``iou_thresholds`` (list of float), ``max_detections``, ``classes``; ``ap``: ``{class: {iou_key: AP}}``
+            (101-point interpolated precision, MONAI's ``{class}_AP_IoU_{t}_MaxDet_{m}``); ``ap_per_iou``: ``{iou_key:
+            mean AP over classes}`` (``AP_IoU_{t}_MaxDet_{m}``); ``map_per_class``: ``{class: mean AP over
+            thresholds}``; ``map``: mean AP over thresholds and classes (``mAP_IoU_..._MaxDet_{m}``); ``recall``:
+            ``{class: {iou_key: max recall}}``; ``mar_per_class``; ``mar`` (``mAR_IoU_..._MaxDet_{m}``); ``n_gt`` and
+            ``n_pred`` per class. ``iou_key`` is the threshold written with ``:g`` (``"0.1"``, ``"0.3"``).
 
     Note:
         Conventions (MONAI / nnDetection / pycocotools): predictions are sorted by score (stable), cut to

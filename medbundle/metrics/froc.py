@@ -306,39 +306,35 @@ def luna16_froc(
 
     Args:
         annotations (mapping): Reference nodules: ``seriesuid`` (N,), ``coordX``, ``coordY``, ``coordZ`` (N,) world mm
-            and
-            ``diameter_mm`` (N,), e.g. from :func:`read_luna16_annotations`.
+            and ``diameter_mm`` (N,), e.g. from :func:`read_luna16_annotations`.
         results (mapping): CAD marks: ``seriesuid`` (K,), ``coordX``, ``coordY``, ``coordZ`` (K,) world mm and
             ``probability`` (K,), e.g. from :func:`read_luna16_results`.
         seriesuids (sequence of str, optional): The evaluated scans (LUNA16: the 888 of ``seriesuids.csv``). Scans
-            listed without marks still
-            count in the FPs-per-scan denominator. Marks on scans not listed are ignored with a warning (as the
-            published script ignores them), and so are annotations of such scans. If None, the scans are those
-            named in ``annotations``, ``excluded`` or ``results`` - pass the full list when some scans have no
+            listed without marks still count in the FPs-per-scan denominator. Marks on scans not listed are ignored with
+            a warning (as the published script ignores them), and so are annotations of such scans. If None, the scans
+            are those named in ``annotations``, ``excluded`` or ``results`` - pass the full list when some scans have no
             nodule and no mark, or the FP rate is overstated.
         excluded (mapping, optional): Findings (``annotations_excluded.csv``, same columns as ``annotations``) whose
-            marks count neither
-            as hits nor as false positives.
+            marks count neither as hits nor as false positives.
         fp_rates (sequence of float, default (1/8, 1/4, 1/2, 1, 2, 4, 8)): Average FPs per scan at which sensitivity is
         read; CPM is the mean of those sensitivities.
         max_marks_per_scan (int or None, default 100): Cap on marks per scan; None keeps all.
         n_bootstraps (int, default 0): Scan-level bootstrap resamples (with replacement) for confidence intervals; 0 for
-            none. The
-            published evaluation uses 1000.
+            none. The published evaluation uses 1000.
         confidence (float, default 0.95): Two-sided level of the bootstrap intervals.
         seed (int, default 0): Seed of the bootstrap resampling (``numpy.random.default_rng``).
 
     Returns:
-        dict: ``fp_rates``, ``sensitivities`` (one per rate), ``cpm``, ``cpm_convention`` ("linear
-            interpolation"), ``interpolation_grid`` ([start, stop, num]); the FROC curve ``fps_per_scan``,
-            ``sensitivity``, ``thresholds`` (lists; the first point is the origin (0, 0) with threshold None,
-            so that ``np.interp(x, fps_per_scan, sensitivity)`` reproduces the figures); counts ``n_scans``,
-            ``n_nodules``, ``n_detected``, ``n_false_positives``, ``n_marks`` (after the cap),
-            ``n_marks_over_cap``, ``n_marks_on_excluded``, ``n_extra_hits``, ``n_marks_hitting_several_nodules``,
-            ``n_marks_unlisted_scan``; ``max_sensitivity`` and ``max_fps_per_scan``. With bootstrapping also
-            ``n_bootstraps``, ``n_bootstraps_valid``, ``confidence``, ``seed``, ``sensitivities_ci`` ([low,
-            high] per rate), ``cpm_ci``, ``cpm_bootstrap_mean`` and ``bootstrap_curve`` (``fps_per_scan``,
-            ``sensitivity_mean``, ``sensitivity_low``, ``sensitivity_high`` on 121 log-spaced rates).
+        dict: ``fp_rates``, ``sensitivities`` (one per rate), ``cpm``, ``cpm_convention`` ("linear interpolation"),
+            ``interpolation_grid`` ([start, stop, num]); the FROC curve ``fps_per_scan``, ``sensitivity``,
+            ``thresholds`` (lists; the first point is the origin (0, 0) with threshold None, so that ``np.interp(x,
+            fps_per_scan, sensitivity)`` reproduces the figures); counts ``n_scans``, ``n_nodules``, ``n_detected``,
+            ``n_false_positives``, ``n_marks`` (after the cap), ``n_marks_over_cap``, ``n_marks_on_excluded``,
+            ``n_extra_hits``, ``n_marks_hitting_several_nodules``, ``n_marks_unlisted_scan``; ``max_sensitivity`` and
+            ``max_fps_per_scan``. With bootstrapping also ``n_bootstraps``, ``n_bootstraps_valid``, ``confidence``,
+            ``seed``, ``sensitivities_ci`` ([low, high] per rate), ``cpm_ci``, ``cpm_bootstrap_mean`` and
+            ``bootstrap_curve`` (``fps_per_scan``, ``sensitivity_mean``, ``sensitivity_low``, ``sensitivity_high`` on
+            121 log-spaced rates).
 
     Note:
         The protocol of the published LUNA16 evaluation script (``noduleCADEvaluationLUNA16.py``):
@@ -458,11 +454,11 @@ def froc_sensitivity_by_size(
     nodule of another size is neither a hit nor a false positive).
 
     Args:
-        nodule_scores: ``(N,)`` per reference nodule, the highest score among the marks that hit it; NaN or
-            ``-inf`` for a nodule no mark hit (it stays in its stratum's denominator).
+        nodule_scores: ``(N,)`` per reference nodule, the highest score among the marks that hit it; NaN or ``-inf`` for
+            a nodule no mark hit (it stays in its stratum's denominator).
         nodule_diameters: ``(N,)`` diameter of each nodule in mm (finite), the stratification variable.
-        fp_scores: ``(K,)`` scores of the false-positive marks (marks that hit no nodule and no excluded
-            finding), over all scans.
+        fp_scores: ``(K,)`` scores of the false-positive marks (marks that hit no nodule and no excluded finding), over
+            all scans.
         n_scans: number of scans evaluated (the FP-rate denominator), >= 1.
         size_edges: ascending cut points in mm; ``(10.0,)`` gives nodules under 10 mm and of 10 mm or more.
         fp_rates: FPs per scan at which sensitivity is read.
@@ -655,19 +651,17 @@ def evaluate_luna16_files(
 
     Args:
         annotations_csv, results_csv (path): ``annotations.csv`` and the CAD submission (see
-            :func:`read_luna16_annotations`,
-            :func:`read_luna16_results`).
+            :func:`read_luna16_annotations`, :func:`read_luna16_results`).
         seriesuids_csv, excluded_csv (path, optional): ``seriesuids.csv`` and ``annotations_excluded.csv``.
         out_dir (path, optional): Folder (created if needed) for ``froc.json`` (the full result, strict JSON) and
-            ``froc.png``
-            (FROC curve on a log2 axis, with the bootstrap band when bootstrapped).
+            ``froc.png`` (FROC curve on a log2 axis, with the bootstrap band when bootstrapped).
         n_bootstraps (int, default 1000): Scan bootstrap resamples for the confidence intervals (0 for none).
         seed (int, default 0): Bootstrap seed.
         max_marks_per_scan (int or None, default 100): Cap on marks per scan.
 
     Returns:
-        dict: The result of :func:`luna16_froc` plus ``inputs`` (the file paths) and, with ``out_dir``,
-            ``outputs`` (the written paths).
+        dict: The result of :func:`luna16_froc` plus ``inputs`` (the file paths) and, with ``out_dir``, ``outputs`` (the
+            written paths).
     """
     annotations = read_luna16_annotations(annotations_csv)
     results = read_luna16_results(results_csv)

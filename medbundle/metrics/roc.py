@@ -102,8 +102,8 @@ def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
         y_score (array-like of shape (N,)): Finite scores; higher means more likely positive.
 
     Returns:
-        float: AUROC in [0, 1], equal to ``sklearn.metrics.roc_auc_score``; ``nan`` when only one class is
-            present (scikit-learn raises), so per-subgroup evaluations do not abort.
+        float: AUROC in [0, 1], equal to ``sklearn.metrics.roc_auc_score``; ``nan`` when only one class is present
+            (scikit-learn raises), so per-subgroup evaluations do not abort.
     """
     y, s, m, n = _class_counts(y_true, y_score)
     if m == 0 or n == 0:
@@ -145,8 +145,7 @@ def roc_auc_per_class(y_true: ArrayLike, y_score: ArrayLike) -> np.ndarray:
 
     Returns:
         numpy.ndarray of shape (C,), float64: Per-class AUROC; ``nan`` for a class whose known labels are all 0 or all
-        1.
-            ``np.nanmean`` of it is the usual "mean AUROC".
+        1. ``np.nanmean`` of it is the usual "mean AUROC".
     """
     return _per_class(roc_auc, y_true, y_score)
 
@@ -227,9 +226,9 @@ def delong_auc_ci(y_true: ArrayLike, y_score: ArrayLike, confidence: float = 0.9
         confidence (float, default 0.95): Two-sided confidence level.
 
     Returns:
-        dict: ``auc``, ``ci_low``, ``ci_high`` (``auc -/+ z * std`` with ``z`` the normal quantile, clipped to
-            [0, 1]) and ``std`` (DeLong standard error). All ``nan`` where undefined (single class; the
-            interval also with fewer than two samples in a class).
+        dict: ``auc``, ``ci_low``, ``ci_high`` (``auc -/+ z * std`` with ``z`` the normal quantile, clipped to [0, 1])
+            and ``std`` (DeLong standard error). All ``nan`` where undefined (single class; the interval also with fewer
+            than two samples in a class).
     """
     confidence = _check_confidence(confidence)
     auc, var = delong_auc_variance(y_true, y_score)
@@ -258,10 +257,10 @@ def delong_test(
         confidence (float, default 0.95): Level of the reported CI of the difference ``AUC_a - AUC_b``.
 
     Returns:
-        dict: ``auc_a, auc_b, auc_diff`` (a - b), ``var_a, var_b, covariance`` (DeLong covariance of the two
-            AUC estimates), ``z``, ``p_value`` (two-sided, normal), ``diff_ci_low, diff_ci_high``.
-            When the variance of the difference is 0 (e.g. identical scores) ``z`` is 0 and ``p_value`` 1
-            if the AUCs are equal, else ``z = +/-inf`` and ``p_value`` 0. ``nan`` where undefined.
+        dict: ``auc_a, auc_b, auc_diff`` (a - b), ``var_a, var_b, covariance`` (DeLong covariance of the two AUC
+            estimates), ``z``, ``p_value`` (two-sided, normal), ``diff_ci_low, diff_ci_high``. When the variance of the
+            difference is 0 (e.g. identical scores) ``z`` is 0 and ``p_value`` 1 if the AUCs are equal, else ``z =
+            +/-inf`` and ``p_value`` 0. ``nan`` where undefined.
     """
     confidence = _check_confidence(confidence)
     y = check_binary_labels(y_true, "y_true")
@@ -344,14 +343,13 @@ def bootstrap_auc_ci(
         confidence (float, default 0.95): Two-sided level; the interval is the (1-confidence)/2 and (1+confidence)/2
             percentiles.
         stratified (bool, default True): Resample positives and negatives separately, keeping their counts (m, n) fixed,
-            as pROC does.
-            Without it, whole cases are resampled and resamples holding a single class are skipped.
+            as pROC does. Without it, whole cases are resampled and resamples holding a single class are skipped.
         seed (int or None, default 0): Seed of ``numpy.random.default_rng``; the same seed and data give the same
             interval.
 
     Returns:
-        dict: ``auc`` (on the original data), ``ci_low``, ``ci_high``, and ``n_bootstraps`` (the number of
-            resamples used). ``nan`` where undefined (single class).
+        dict: ``auc`` (on the original data), ``ci_low``, ``ci_high``, and ``n_bootstraps`` (the number of resamples
+            used). ``nan`` where undefined (single class).
 
     Note:
         Each resample costs O(N) (no re-sorting), vectorised over chunks of resamples.
@@ -418,8 +416,8 @@ def threshold_youden(y_true: ArrayLike, y_score: ArrayLike) -> dict[str, float]:
     among equally good thresholds the highest (most specific) is returned.
 
     Returns:
-        dict: ``threshold``, ``sensitivity``, ``specificity`` (achieved with ``>=`` on these data) and ``j``.
-            All ``nan`` when only one class is present.
+        dict: ``threshold``, ``sensitivity``, ``specificity`` (achieved with ``>=`` on these data) and ``j``. All
+            ``nan`` when only one class is present.
     """
     y, s, m, n = _class_counts(y_true, y_score)
     if m == 0 or n == 0:
@@ -443,8 +441,8 @@ def threshold_at_sensitivity(y_true: ArrayLike, y_score: ArrayLike, target: floa
         target (float): Required sensitivity in [0, 1].
 
     Returns:
-        dict: ``threshold``, ``sensitivity`` (>= target), ``specificity``, as achieved on these data;
-            all ``nan`` when only one class is present.
+        dict: ``threshold``, ``sensitivity`` (>= target), ``specificity``, as achieved on these data; all ``nan`` when
+            only one class is present.
     """
     target = _check_target(target, "target")
     y, s, m, n = _class_counts(y_true, y_score)
@@ -467,8 +465,8 @@ def threshold_at_specificity(y_true: ArrayLike, y_score: ArrayLike, target: floa
         target (float): Required specificity in [0, 1].
 
     Returns:
-        dict: ``threshold``, ``sensitivity``, ``specificity`` (>= target), as achieved on these data;
-            all ``nan`` when only one class is present.
+        dict: ``threshold``, ``sensitivity``, ``specificity`` (>= target), as achieved on these data; all ``nan`` when
+            only one class is present.
     """
     target = _check_target(target, "target")
     y, s, m, n = _class_counts(y_true, y_score)

@@ -72,14 +72,14 @@ def hard_negative_mask(
     so the result is deterministic.
 
     Args:
-        loss: element-wise loss, any shape (e.g. ``(B, C, H, W)``, ``(B, A)`` anchors, ``(B,)`` samples).
-            Only its values are used (no gradient flows through the mask).
+        loss: element-wise loss, any shape (e.g. ``(B, C, H, W)``, ``(B, A)`` anchors, ``(B,)`` samples). Only its
+            values are used (no gradient flows through the mask).
         target: labels with the same number of elements as ``loss`` (reshaped to ``loss.shape``).
         neg_pos_ratio: negatives kept per positive (>= 0).
         min_negatives: negatives kept even when there is no positive (>= 0).
         max_negatives: upper bound on the negatives kept, or None.
-        per_sample: if True, select independently for each index of dim 0 (per image, as MONAI's sampler
-            does); otherwise over all elements of the batch together.
+        per_sample: if True, select independently for each index of dim 0 (per image, as MONAI's sampler does);
+            otherwise over all elements of the batch together.
 
     Returns:
         bool tensor of ``loss.shape``; True marks the kept elements.
@@ -229,8 +229,8 @@ class HardExampleLoss(nn.Module):
 
     Args:
         loss: module returning an element-wise loss (``reduction="none"``).
-        keep_fraction: fraction of the valid elements that give the gradient, in ``(0, 1]``
-            (``ceil(keep_fraction * n)``, at least 1).
+        keep_fraction: fraction of the valid elements that give the gradient, in ``(0, 1]`` (``ceil(keep_fraction *
+            n)``, at least 1).
     """
 
     def __init__(self, loss: nn.Module, keep_fraction: float = 0.5) -> None:

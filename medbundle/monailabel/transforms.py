@@ -51,8 +51,8 @@ class ClassScoresd(MapTransform):
     Args:
         keys: the score keys (``"pred"``).
         ref_image: the input key whose metadata a spatial restore would follow (``"image"``).
-        meta_key_postfix: postfix of the separate metadata dict (``<ref_image>_meta_dict``) when loaders
-            run with ``image_only=False`` (as MONAI Label does).
+        meta_key_postfix: postfix of the separate metadata dict (``<ref_image>_meta_dict``) when loaders run with
+            ``image_only=False`` (as MONAI Label does).
     """
 
     def __init__(self, keys: KeysCollection, ref_image: str = "image", meta_key_postfix: str = "meta_dict",

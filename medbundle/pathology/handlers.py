@@ -86,13 +86,13 @@ class SlideReport(ClassificationReport):
     Args:
         class_names, output_dir, thresholds_file, save_thresholds_to, split_name, confidence, plot: as
             :class:`~medbundle.handlers.classification.ClassificationReport`.
-        label_mode: ``"binary"`` (softmax over ``class_names``) or ``"graded"`` (ordinal grades; ``pred``
-            holds the class probabilities from :class:`~medbundle.pathology.transforms.OrdinalProbabilitiesd`).
+        label_mode: ``"binary"`` (softmax over ``class_names``) or ``"graded"`` (ordinal grades; ``pred`` holds the
+            class probabilities from :class:`~medbundle.pathology.transforms.OrdinalProbabilitiesd`).
         positive_class: index of the class whose AUROC is ``slide_auroc`` (binary).
         top_k: patches per tumour slide checked against the tumour outline.
         annotation_key: item key of the tumour outline file (ASAP XML).
-        threshold_rule: thresholds saved during training: ``"youden"`` (the highest of the equally good
-            validation scores) or ``"youden_midgap"`` (:func:`midgap_youden_thresholds`).
+        threshold_rule: thresholds saved during training: ``"youden"`` (the highest of the equally good validation
+            scores) or ``"youden_midgap"`` (:func:`midgap_youden_thresholds`).
     """
 
     def __init__(self, class_names: Sequence[str], output_dir: str | Path | None = None,

@@ -77,21 +77,19 @@ class MILClassifier(nn.Module):
     """Attention-MIL slide classifier: patch backbone -> projection -> gated attention -> linear.
 
     Args:
-        backbone: patch encoder ``(n, 3, P, P) -> (n, D)``. A final ``fc`` ``nn.Linear`` (torchvision
-            ResNets) is replaced by the identity and ``D`` read from it; otherwise ``feature_dim`` or a
-            dummy forward of a ``input_size`` patch gives ``D``. ``None`` builds a head that takes
-            features only.
+        backbone: patch encoder ``(n, 3, P, P) -> (n, D)``. A final ``fc`` ``nn.Linear`` (torchvision ResNets) is
+            replaced by the identity and ``D`` read from it; otherwise ``feature_dim`` or a dummy forward of a
+            ``input_size`` patch gives ``D``. ``None`` builds a head that takes features only.
         num_outputs: slide logits (2 for tumour/normal softmax, ``K - 1`` for ordinal grades).
         feature_dim: ``D`` when it cannot be read from the backbone (required when ``backbone`` is None).
-        projection_dim: size of the ``Linear + ReLU + Dropout`` projection before attention; ``None`` or 0
-            skips it.
+        projection_dim: size of the ``Linear + ReLU + Dropout`` projection before attention; ``None`` or 0 skips it.
         attention_dim: hidden size of the attention network.
         gated: gated attention (Ilse et al.) or plain tanh attention.
         dropout: dropout in the projection and attention layers.
-        freeze_backbone: the backbone gets no gradients and stays in eval mode (its BatchNorm statistics
-            are frozen), for training the head on cached features.
-        backbone_weights: a local state-dict file for the backbone (loaded with ``weights_only=True``);
-            nothing is downloaded.
+        freeze_backbone: the backbone gets no gradients and stays in eval mode (its BatchNorm statistics are frozen),
+            for training the head on cached features.
+        backbone_weights: a local state-dict file for the backbone (loaded with ``weights_only=True``); nothing is
+            downloaded.
         input_size: patch side for the dummy forward.
 
     Inputs of :meth:`forward` / :meth:`forward_with_attention`:

@@ -568,13 +568,13 @@ def build_slide_grid(
         power: patch resolution as objective power (e.g. 20 for "20x"), instead of ``mpp``.
         backend: ``"openslide"`` or ``"tifffile"``.
         mask_mpp: resolution of the view tissue is detected on (a low pyramid level near it is used).
-        tissue: how tissue is detected (:class:`~medbundle.pathology.tissue.TissueParams`, or a mapping of its
-            fields; None: the defaults).
+        tissue: how tissue is detected (:class:`~medbundle.pathology.tissue.TissueParams`, or a mapping of its fields;
+            None: the defaults).
         min_tissue_fraction: a grid cell is a patch when at least this fraction of it is tissue.
         mpp_rtol: a level within this relative tolerance of the requested resolution is read without resizing.
         cache_dir: folder of the coordinate cache (``None``: no cache).
-        allow_empty: return an empty grid (``len(grid) == 0``, reason in ``grid.message``) for a slide
-            without tissue; when False, raise :class:`NoTissueError` instead.
+        allow_empty: return an empty grid (``len(grid) == 0``, reason in ``grid.message``) for a slide without tissue;
+            when False, raise :class:`NoTissueError` instead.
 
     Raises:
         SlideReadError: the slide cannot be opened, or lacks the resolution metadata asked for.

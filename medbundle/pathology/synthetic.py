@@ -189,10 +189,10 @@ class SyntheticSlide:
             cell_um, r_um: cell spacing and mean nucleus radius in micrometres.
             spread: nucleus radii vary uniformly within ``1 -+ spread / 2`` of ``r_um`` (pleomorphism).
             jitter: nucleus centres lie within ``0.5 -+ jitter`` of their cell.
-            search: also look at the nuclei of cells this many cells away (1: the 3 x 3 neighbourhood), so
-                nuclei larger than their cell are not cut at the cell border.
-            vesicular: also return the pale centre (within 0.6 of the radius) and a nucleolus (0.9 um) of
-                the nuclei, as coverages; None otherwise.
+            search: also look at the nuclei of cells this many cells away (1: the 3 x 3 neighbourhood), so nuclei larger
+                than their cell are not cut at the cell border.
+            vesicular: also return the pale centre (within 0.6 of the radius) and a nucleolus (0.9 um) of the nuclei, as
+                coverages; None otherwise.
         """
         if px_um > 1.2 * r_um:
             mean = min(0.9 * math.pi * r_um**2 * (1.0 + spread**2 / 12.0) / cell_um**2, 0.95)
@@ -378,26 +378,26 @@ def make_slide(
         mpp: level-0 microns per pixel.
         seed: everything about the slide follows from it.
         tumour: draw tumour regions (a positive slide).
-        tissue_shape: ``"section"`` (1-3 large rounded sections, as lymph nodes) or ``"cores"`` (2-4 thin
-            elongated needle biopsies, as prostate cores).
+        tissue_shape: ``"section"`` (1-3 large rounded sections, as lymph nodes) or ``"cores"`` (2-4 thin elongated
+            needle biopsies, as prostate cores).
         n_tumours: tumour regions on a positive slide (default 1-3).
-        tumour_radius_um: range of the tumour regions' mean radii (with ``tumour_fraction``: of their
-            relative sizes only).
+        tumour_radius_um: range of the tumour regions' mean radii (with ``tumour_fraction``: of their relative sizes
+            only).
         atypia: tumour appearance strength (graded slides: higher is denser, darker nuclei).
         pen_marks: number of ink strokes (default 0-2 at random).
         specks: number of dust specks on the glass (default 4-12).
         holes: punch small white holes (lumens, fat) into the tissue.
         tissue: False gives an empty slide (glass, specks and pen marks only).
         design_um: resolution of the layout fields in micrometres per cell.
-        tumour_fraction: on a tumour slide, scale the tumour regions together so that they cover this share
-            of the tissue (:func:`tumour_share`, to within 1 %; the share reached is
-            ``SyntheticSlide.tumour_fraction``), as real metastases cover a few percent of a lymph node
-            section or far less. None: the regions keep their drawn radii.
-        lymphoid: share of the tissue (about) drawn as lymphoid areas of small, dense, dark nuclei, blobs of
-            a few hundred micrometres: normal tissue whose mean colour matches the tumour's, so that telling
-            them apart takes nuclear size and texture, not colour.
-        stain_jitter: per-slide stain strength: each colour channel's optical density is scaled by a factor
-            drawn from ``1 -+ stain_jitter``.
+        tumour_fraction: on a tumour slide, scale the tumour regions together so that they cover this share of the
+            tissue (:func:`tumour_share`, to within 1 %; the share reached is ``SyntheticSlide.tumour_fraction``), as
+            real metastases cover a few percent of a lymph node section or far less. None: the regions keep their drawn
+            radii.
+        lymphoid: share of the tissue (about) drawn as lymphoid areas of small, dense, dark nuclei, blobs of a few
+            hundred micrometres: normal tissue whose mean colour matches the tumour's, so that telling them apart takes
+            nuclear size and texture, not colour.
+        stain_jitter: per-slide stain strength: each colour channel's optical density is scaled by a factor drawn from
+            ``1 -+ stain_jitter``.
 
     Raises:
         ValueError: an unknown ``tissue_shape``, or a ``tumour_fraction`` outside (0, 1).
@@ -580,8 +580,8 @@ def write_pyramidal_tiff(
     Args:
         path: output ``.tif``/``.tiff``.
         height, width: level-0 size.
-        mpp: level-0 microns per pixel; level ``k`` gets ``mpp * downsample``, written as
-            ``X/YResolution`` in pixels per centimetre.
+        mpp: level-0 microns per pixel; level ``k`` gets ``mpp * downsample``, written as ``X/YResolution`` in pixels
+            per centimetre.
         render: ``render(downsample, y0, x0, h, w) -> (h, w, 3) uint8`` (level pixels).
         downsamples: level downsamples (integers, first 1); default :func:`pyramid_downsamples`.
         tile: tile side.
@@ -724,9 +724,9 @@ def generate_camelyon16(
     ``Macro`` otherwise.
 
     Args:
-        tumour_radius_um: when given, the older, easier layout: 1-3 tumour regions with mean radii drawn
-            from this range, whatever share of the tissue they cover (``tumour_fraction``, ``micro_share``
-            and ``n_tumours`` are then not used); for tests of the pipeline rather than of the task.
+        tumour_radius_um: when given, the older, easier layout: 1-3 tumour regions with mean radii drawn from this
+            range, whatever share of the tissue they cover (``tumour_fraction``, ``micro_share`` and ``n_tumours`` are
+            then not used); for tests of the pipeline rather than of the task.
         slide_kwargs: passed to :func:`make_slide`.
 
     Returns:

@@ -123,9 +123,9 @@ class TissueGridd(MapTransform):
         :func:`medbundle.pathology.reader.build_slide_grid` (``power`` takes precedence over ``mpp``;
         ``tissue`` is a :class:`~medbundle.pathology.tissue.TissueParams` or a mapping of its fields).
         min_patches: slides with fewer tissue patches raise :class:`~medbundle.pathology.reader.NoTissueError`.
-        keep_thumbnail: keep the thumbnail and tissue mask in the grid; False (training) leaves them in the
-            coordinate cache file only (:meth:`~medbundle.pathology.reader.SlideGrid.images` reloads them), so a
-            dataset caching hundreds of grids does not hold hundreds of thumbnails.
+        keep_thumbnail: keep the thumbnail and tissue mask in the grid; False (training) leaves them in the coordinate
+            cache file only (:meth:`~medbundle.pathology.reader.SlideGrid.images` reloads them), so a dataset caching
+            hundreds of grids does not hold hundreds of thumbnails.
 
     Raises:
         SlideReadError: unreadable slide or missing resolution metadata (message names the file).
@@ -408,8 +408,8 @@ class BagFeaturesd(MapTransform):
 
     Args:
         grid_key: the item's :class:`~medbundle.pathology.reader.SlideGrid`.
-        network: a :class:`~medbundle.pathology.networks.MILClassifier` (DDP-wrapped is fine); its backbone
-            must be frozen (``freeze_backbone=True``), else cached features would go stale in training.
+        network: a :class:`~medbundle.pathology.networks.MILClassifier` (DDP-wrapped is fine); its backbone must be
+            frozen (``freeze_backbone=True``), else cached features would go stale in training.
         backend: reader backend (default: the grid's).
         chunk_size: patches per forward pass.
         cache_dir: feature cache folder (``None``: memory only).

@@ -26,8 +26,8 @@ def plot_froc(result: Mapping[str, Any], path: str | os.PathLike, title: str | N
 
     Args:
         result (mapping): Output of :func:`~medbundle.metrics.froc.luna16_froc` (or the ``froc.json`` it was saved to):
-            needs ``fps_per_scan``, ``sensitivity``, ``fp_rates``, ``sensitivities`` and ``cpm``; draws the
-            bootstrap band and interval bars when ``bootstrap_curve`` / ``sensitivities_ci`` are present.
+            needs ``fps_per_scan``, ``sensitivity``, ``fp_rates``, ``sensitivities`` and ``cpm``; draws the bootstrap
+            band and interval bars when ``bootstrap_curve`` / ``sensitivities_ci`` are present.
         path (str or path-like): Output file; the format follows the extension (``.png``, ``.pdf``, ``.svg``).
         title (str, optional): Plot title; default "FROC (CPM = ...)".
 

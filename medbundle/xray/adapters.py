@@ -134,8 +134,8 @@ def split_by_patient(
 
     Args:
         items: Dicts with a patient id under ``key``.
-        fraction: Fraction of **patients** (not images) that go to ``held_out``, in [0, 1). At least one patient is
-            held out when ``fraction > 0`` and there are two or more patients.
+        fraction: Fraction of **patients** (not images) that go to ``held_out``, in [0, 1). At least one patient is held
+            out when ``fraction > 0`` and there are two or more patients.
         seed: Seed of the shuffle; the same items and seed always give the same split.
 
     Returns:
@@ -191,8 +191,8 @@ def read_chestxray14_entries(csv_path: str | os.PathLike) -> list[dict[str, Any]
         - ``labels`` (list of 14 float in {0.0, 1.0}): multi-hot over :data:`CHESTXRAY14_FINDINGS`,: all zeros for ``No
         Finding``;
         - ``follow_up`` (int or None), ``view_position`` (str, e.g. ``"PA"``), ``age`` (float years or None),: ``sex``
-        (str, ``"M"``/``"F"``), ``original_size`` ([width, height] int or None) and
-            ``pixel_spacing`` ([x, y] float mm or None).
+        (str, ``"M"``/``"F"``), ``original_size`` ([width, height] int or None) and ``pixel_spacing`` ([x, y] float mm
+            or None).
 
     Raises:
         ValueError: The file lacks a required column (``Image Index``, ``Finding Labels``, ``Patient ID``), or a row
@@ -283,22 +283,21 @@ def chestxray14_datalist(
 
     Args:
         root: Dataset folder holding ``Data_Entry_2017.csv`` and the images, in ``root/<image_dir>/`` and/or
-            ``root/images_*/images/`` (the NIH download's twelve folders); both are indexed by file name.
-            A ``.dcm`` file with the same stem as the CSV's ``.png`` name is used when the ``.png`` is absent.
+            ``root/images_*/images/`` (the NIH download's twelve folders); both are indexed by file name. A ``.dcm``
+            file with the same stem as the CSV's ``.png`` name is used when the ``.png`` is absent.
         val_fraction: Fraction of the train+val **patients** moved to ``"validation"``.
         seed: Seed of the patient shuffles; the same folder and seed give the same datalist.
         split_files: Use the official ``train_val_list.txt`` / ``test_list.txt`` when both exist. Images listed in
-            neither file are left out. Otherwise (or when ``False``) ``test_fraction`` of the patients,
-            drawn at random with ``seed``, form ``"testing"``.
+            neither file are left out. Otherwise (or when ``False``) ``test_fraction`` of the patients, drawn at random
+            with ``seed``, form ``"testing"``.
         test_fraction: Fraction of patients in ``"testing"`` when the official split files are not used.
         csv_name: Name of the label CSV inside ``root`` (``Data_Entry_2017_v2020.csv`` for the 2020 copy).
 
     Returns:
-        dict: ``{"training": [...], "validation": [...], "testing": [...], "labels": CHESTXRAY14_FINDINGS}``;
-            each item is ``{"image": absolute path str, "label": list of 14 float in {0, 1},
-            "patient_id": str}``. No patient appears in two splits (given official lists that are split by
-            patient, as the NIH lists are). Items whose image file is missing are dropped, with one warning
-            that counts them.
+        dict: ``{"training": [...], "validation": [...], "testing": [...], "labels": CHESTXRAY14_FINDINGS}``; each item
+            is ``{"image": absolute path str, "label": list of 14 float in {0, 1}, "patient_id": str}``. No patient
+            appears in two splits (given official lists that are split by patient, as the NIH lists are). Items whose
+            image file is missing are dropped, with one warning that counts them.
     """
     root = Path(root).expanduser().resolve()
     csv_path = root / csv_name
@@ -486,8 +485,8 @@ def chexpert_datalist(
 
     Args:
         root: The dataset folder holding ``train.csv``, ``valid.csv``, ``train/`` and ``valid/``. CSV paths
-            (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``) are resolved against
-            ``root.parent``, then ``root``, then ``root`` without the path's first folder.
+            (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``) are resolved against ``root.parent``,
+            then ``root``, then ``root`` without the path's first folder.
         csv, valid_csv: File names inside ``root``. ``valid_csv`` (the official validation set) becomes ``"testing"``
             when it exists; pass ``None`` to skip it.
         labels, uncertain, blank, frontal_only: See :func:`read_chexpert_entries`.
@@ -495,9 +494,9 @@ def chexpert_datalist(
             deterministic).
 
     Returns:
-        dict: ``{"training", "validation", "testing", "labels"}``; items are ``{"image": absolute path str,
-            "label": list of float in {0, 1} or NaN, "patient_id": "patientNNNNN"}``. Rows whose image file is
-            missing are dropped with one warning per CSV. Write with :func:`write_datalist` (NaN -> null).
+        dict: ``{"training", "validation", "testing", "labels"}``; items are ``{"image": absolute path str, "label":
+            list of float in {0, 1} or NaN, "patient_id": "patientNNNNN"}``. Rows whose image file is missing are
+            dropped with one warning per CSV. Write with :func:`write_datalist` (NaN -> null).
     """
     root = Path(root).expanduser().resolve()
     kw = {"labels": list(labels), "uncertain": uncertain, "blank": blank, "frontal_only": frontal_only}

@@ -149,8 +149,8 @@ def render_chest_image(
     """Draw one synthetic chest radiograph.
 
     Args:
-        labels: 14 values over :data:`~medbundle.xray.adapters.CHESTXRAY14_FINDINGS`; a finding is drawn where
-            its value is > 0.5.
+        labels: 14 values over :data:`~medbundle.xray.adapters.CHESTXRAY14_FINDINGS`; a finding is drawn where its value
+            is > 0.5.
         size: Output side in pixels.
         rng: Random generator for the jitters and noise (a fresh default one if None).
         template: Cached :func:`_anatomy_template` output for this ``size`` (speeds up batches); built if None.
@@ -209,9 +209,9 @@ def write_xray_dicom(
     Args:
         path: Output ``.dcm`` path (parent folders must exist).
         image: uint8 array, shape (rows, columns): the picture as it should be displayed (bright = attenuating).
-        variant: Encoding, a key of :data:`DICOM_VARIANTS`. Windowed variants use a linear window (PS3.3
-            C.11.2.1.2) that maps the stored range back onto 0-255 exactly; unwindowed ones fill the whole
-            range the stored bits can hold.
+        variant: Encoding, a key of :data:`DICOM_VARIANTS`. Windowed variants use a linear window (PS3.3 C.11.2.1.2)
+            that maps the stored range back onto 0-255 exactly; unwindowed ones fill the whole range the stored bits can
+            hold.
         patient_number: Makes the synthetic identifiers ``PatientID = "SYN%08d"`` and ``PatientName =
             "Synthetic^%08d"``.
         pixel_spacing: ImagerPixelSpacing and PixelSpacing in mm (both axes).
@@ -343,16 +343,15 @@ def generate_chestxray14(
         images_per_patient: Inclusive (min, max) of images per patient, drawn uniformly.
         size: Image side in pixels (the real release is 1024).
         n_dicom: How many images (chosen at random) are written as ``<stem>.dcm`` instead of PNG, cycling over the
-            encodings of :data:`DICOM_VARIANTS` (so with ``n_dicom >= 5`` every encoding occurs; about 2 in 5
-            are MONOCHROME1).
+            encodings of :data:`DICOM_VARIANTS` (so with ``n_dicom >= 5`` every encoding occurs; about 2 in 5 are
+            MONOCHROME1).
         seed: Everything (labels, splits, pixels, UIDs) is a function of the arguments; same seed, same bytes.
         prevalences: Per-finding probability (mapping by name, or 14 values in CHESTXRAY14_FINDINGS order); defaults to
             :data:`DEFAULT_PREVALENCES`. Findings are drawn independently per image.
         min_pos_per_split: After drawing, each finding is switched on in extra randomly chosen images until it has at
-            least
-            this many positives in the test split and in the train+val split, so that held-out AUROC is
-            defined for every finding. This raises low prevalences somewhat on small sets; the counts are in
-            the returned summary.
+            least this many positives in the test split and in the train+val split, so that held-out AUROC is defined
+            for every finding. This raises low prevalences somewhat on small sets; the counts are in the returned
+            summary.
         test_fraction: Fraction of patients listed in ``test_list.txt``; the rest go to ``train_val_list.txt``.
         trailing_empty_field: End each CSV row (and the header) with an empty field, as some copies of the CSV do.
 
