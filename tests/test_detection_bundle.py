@@ -25,6 +25,8 @@ from medbundle.detection.boxes import corner_boxes_to_world
 from medbundle.detection.luna16 import luna16_datalist
 from medbundle.detection.networks import retinanet_resnet_fpn
 from medbundle.detection.synthetic import generate_luna16
+from medbundle.detection.transforms import VOXEL_REGION_SHIFT, shift_boxes
+from medbundle.detection.transforms import VOXEL_REGION_SHIFT, shift_boxes
 from medbundle.io.metaimage import read_mhd
 
 BUNDLE = BUNDLES / "lung_nodule_retinanet_detection"
@@ -67,7 +69,8 @@ def test_training_logs_cpm_and_checkpoints(trained):
 
 
 def test_ground_truth_boxes_land_on_nodules_after_bundle_preprocessing(trained):
-    """Orientation + resampling + HU window + world->voxel boxes, exactly as the train config runs them."""
+    """Orientation + resampling + HU window + world->voxel boxes, exactly as the train config runs them; the
+    boxes come out in voxel-region coordinates (voxel i spans [i, i + 1))."""
     data, _, _, _ = trained
     parser = ConfigParser()
     parser.read_config([str(CFG / "train.json"), str(CFG / "demo.json")])
@@ -82,10 +85,10 @@ def test_ground_truth_boxes_land_on_nodules_after_bundle_preprocessing(trained):
         img, boxes = out["image"], np.asarray(out["box"], dtype=np.float64)
         np.testing.assert_allclose(img.pixdim.numpy(), SPACING, atol=1e-4)
         for box in boxes:
-            centre = np.round((box[:3] + box[3:]) / 2).astype(int)
+            centre = np.floor((box[:3] + box[3:]) / 2).astype(int)  # the voxel whose region holds the centre
             # solid nodules are 0..50 HU (>= 0.77 after the -1024..300 window); lung is ~-850 HU (~0.13)
             assert float(img[0][tuple(centre)]) > 0.5, (item["seriesuid"], box)
-        world = corner_boxes_to_world(boxes, img.affine)
+        world = corner_boxes_to_world(shift_boxes(boxes, -VOXEL_REGION_SHIFT), img.affine)
         np.testing.assert_allclose(world, np.asarray(item["box"]), atol=1e-3)
         checked += len(boxes)
     assert checked >= 10
