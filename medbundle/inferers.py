@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
-from monai.utils import ensure_tuple_rep
+from monai.utils import ensure_tuple, ensure_tuple_rep
 
-__all__ = ["AGGREGATIONS", "SlidingWindowClassifier", "aggregate_logits", "window_starts"]
+__all__ = ["AGGREGATIONS", "SlidingWindowClassifier", "aggregate_logits", "window_margin", "window_starts"]
 
 AGGREGATIONS = ("mean", "max", "topk_mean")
 
@@ -35,6 +35,17 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
     if starts[-1] != size - roi:
         starts.append(size - roi)
     return starts
+
+
+def window_margin(roi_size: Sequence[int] | int, overlap: float) -> list[int]:
+    """Half the sliding-window step per axis, ``round(roi * (1 - overlap) / 2)`` voxels.
+
+    Consecutive inference windows start one step apart, so a finding lies within this distance of some window's
+    centre; training patches whose finding is anywhere within it of their centre
+    (:class:`~medbundle.ct.transforms.CropWeightMapd` ``lesion_margin``) show the network the offsets inference
+    shows it.
+    """
+    return [int(round(r * (1.0 - overlap) / 2)) for r in ensure_tuple(roi_size)]
 
 
 def aggregate_logits(logits: torch.Tensor, rule: str = "mean", top_k: int = 3) -> torch.Tensor:

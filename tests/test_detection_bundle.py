@@ -26,7 +26,6 @@ from medbundle.detection.luna16 import luna16_datalist
 from medbundle.detection.networks import retinanet_resnet_fpn
 from medbundle.detection.synthetic import generate_luna16
 from medbundle.detection.transforms import VOXEL_REGION_SHIFT, shift_boxes
-from medbundle.detection.transforms import VOXEL_REGION_SHIFT, shift_boxes
 from medbundle.io.metaimage import read_mhd
 
 BUNDLE = BUNDLES / "lung_nodule_retinanet_detection"

@@ -114,3 +114,16 @@ def test_crop_weights_lesion_margin_puts_the_finding_off_centre():
     assert int((old > 1).sum()) == 1  # margin 0: every such patch centred on a finding voxel
     with pytest.raises(ValueError, match="lesion_margin"):
         CropWeightMapd(lesion_margin=-2)
+
+
+def test_window_margin_is_half_the_window_step():
+    from medbundle.inferers import window_margin, window_starts
+
+    assert window_margin([64, 64, 48], 0.25) == [24, 24, 18]
+    assert window_margin(40, 0.5) == [10]
+    # every position of a long axis is within the margin of some window centre
+    roi, overlap, size = 48, 0.25, 300
+    centres = [s + roi / 2 for s in window_starts(size, roi, overlap)]
+    margin = window_margin(roi, overlap)[0]
+    inner = range(roi // 2, size - roi // 2)
+    assert all(min(abs(x - c) for c in centres) <= margin for x in inner)
