@@ -33,6 +33,7 @@ _HOME = {
     "box_iou": "detection",
     "coco_detection_metrics": "detection",
     "evaluate_luna16_files": "froc",
+    "image_froc": "froc",
     "luna16_froc": "froc",
     "average_precision": "roc",
     "average_precision_per_class": "roc",

@@ -4,8 +4,9 @@ MONAI computes the same numbers in two steps (:func:`monai.apps.detection.metric
 then :class:`monai.apps.detection.metrics.coco.COCOMetric`) with string keys that encode the IoU range.
 This module gives one call that takes plain per-image arrays (numpy or torch), checks them, and returns
 a nested, JSON-ready dictionary: AP per class per IoU threshold, mAP over the thresholds, and max recall.
-The matching and interpolation conventions are MONAI's (which follow nnDetection / pycocotools), so the
-values agree with MONAI's (see :func:`coco_detection_metrics` for the one documented difference).
+The matching and interpolation conventions are pycocotools' (which MONAI and nnDetection follow), so the
+values agree with pycocotools' ``COCOeval`` and with MONAI's (see :func:`coco_detection_metrics` for the
+documented differences; ``convention="monai"`` follows MONAI where the two disagree).
 """
 
 from __future__ import annotations
@@ -123,25 +124,34 @@ def _match_image_class(
     return matched
 
 
-def _ap_and_recall(matched_sorted: np.ndarray, num_gt: int) -> tuple[np.ndarray, np.ndarray]:
-    """101-point interpolated AP and final recall per threshold from score-sorted matches ``(T, K)``."""
+def _ap_and_recall(
+    matched_sorted: np.ndarray, num_gt: int, count_dtype: type = np.float64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """101-point interpolated AP, final recall and the interpolated precision at the 101 recalls, per threshold,
+    from score-sorted matches ``(T, K)``; the last is ``(T, 101)`` (pycocotools' ``eval["precision"]``).
+
+    ``count_dtype`` is the type of the cumulative counts and so of the recall: float64 as pycocotools, or
+    float32 as MONAI (see ``coco_detection_metrics``'s ``convention``).
+    """
     n_thr = matched_sorted.shape[0]
     ap = np.zeros(n_thr)
     recall = np.zeros(n_thr)
+    precision = np.zeros((n_thr, _RECALL_THRESHOLDS.size))
     if matched_sorted.shape[1] == 0:
-        return ap, recall
-    tp = np.cumsum(matched_sorted, axis=1).astype(np.float32)
-    fp = np.cumsum(~matched_sorted, axis=1).astype(np.float32)
+        return ap, recall, precision
+    tp = np.cumsum(matched_sorted, axis=1).astype(count_dtype)
+    fp = np.cumsum(~matched_sorted, axis=1).astype(count_dtype)
     for t in range(n_thr):
-        # Recall is held in float32 like MONAI so that ties with the recall grid resolve the same way.
-        rc = tp[t] / np.float32(num_gt)
+        # The recall keeps the counts' type, so that a recall equal to a grid value resolves as the reference.
+        rc = tp[t] / count_dtype(num_gt)
         pr = tp[t].astype(np.float64) / (tp[t].astype(np.float64) + fp[t])
         envelope = np.maximum.accumulate(pr[::-1])[::-1]
         idx = np.searchsorted(rc, _RECALL_THRESHOLDS, side="left")
         prec_at = np.where(idx < rc.size, envelope[np.minimum(idx, rc.size - 1)], 0.0)
         ap[t] = float(np.mean(prec_at))
         recall[t] = float(rc[-1])
-    return ap, recall
+        precision[t] = prec_at
+    return ap, recall, precision
 
 
 def _iou_key(t: float) -> str:
@@ -157,8 +167,10 @@ def coco_detection_metrics(
     classes: Sequence[str],
     iou_thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
     max_detections: int = 100,
+    convention: str = "pycocotools",
+    return_curves: bool = False,
 ) -> dict[str, Any]:
-    """COCO-style AP per class and IoU threshold, mAP and max recall, as MONAI's ``COCOMetric`` computes.
+    """COCO-style AP per class and IoU threshold, mAP and max recall, as pycocotools and MONAI compute them.
 
     Args:
         pred_boxes (sequence of array-like, one per image, shape (K_i, 2*D)): Predicted corner boxes (see
@@ -174,28 +186,48 @@ def coco_detection_metrics(
         iou_thresholds (sequence of float, default (0.1, 0.2, 0.3, 0.4, 0.5)): IoU thresholds at which AP and recall are
         computed; mAP and mAR average over them. MONAI's ``COCOMetric(iou_list=(0.1, 0.5), iou_range=(0.1, 0.5, 0.1))``
             uses the same set.
-        max_detections (int, default 100): Highest-scoring predictions kept per image and class (MONAI's
-            ``max_detection[-1]``).
+        max_detections (int, default 100): Highest-scoring predictions kept per image and class (pycocotools'
+            ``params.maxDets[-1]``, MONAI's ``max_detection[-1]``).
+        convention (str, default "pycocotools"): How a recall that equals a recall-grid value is read (see Note):
+            ``"pycocotools"`` (float64 counts, the COCO reference) or ``"monai"`` (float32 counts, MONAI's
+            ``COCOMetric``).
+        return_curves (bool, default False): Also return ``curves``: ``{class: {iou_key: {"recall": the 101
+            recalls 0, 0.01, ..., 1, "precision": the interpolated precision there}}}`` (pycocotools'
+            ``eval["precision"][t, :, k, 0, -1]``; AP is its mean) for the classes with ground truth.
 
     Returns:
-        dict: ``iou_thresholds`` (list of float), ``max_detections``, ``classes``; ``ap``: ``{class: {iou_key: AP}}``
-            (101-point interpolated precision, MONAI's ``{class}_AP_IoU_{t}_MaxDet_{m}``); ``ap_per_iou``: ``{iou_key:
-            mean AP over classes}`` (``AP_IoU_{t}_MaxDet_{m}``); ``map_per_class``: ``{class: mean AP over
-            thresholds}``; ``map``: mean AP over thresholds and classes (``mAP_IoU_..._MaxDet_{m}``); ``recall``:
-            ``{class: {iou_key: max recall}}``; ``mar_per_class``; ``mar`` (``mAR_IoU_..._MaxDet_{m}``); ``n_gt`` and
-            ``n_pred`` per class. ``iou_key`` is the threshold written with ``:g`` (``"0.1"``, ``"0.3"``).
+        dict: ``iou_thresholds`` (list of float), ``max_detections``, ``convention``, ``classes``; ``ap``:
+            ``{class: {iou_key: AP}}`` (101-point interpolated precision, MONAI's ``{class}_AP_IoU_{t}_MaxDet_{m}``);
+            ``ap_per_iou``: ``{iou_key: mean AP over classes}`` (``AP_IoU_{t}_MaxDet_{m}``); ``map_per_class``:
+            ``{class: mean AP over thresholds}``; ``map``: mean AP over thresholds and classes
+            (``mAP_IoU_..._MaxDet_{m}``); ``recall``: ``{class: {iou_key: max recall}}``; ``mar_per_class``; ``mar``
+            (``mAR_IoU_..._MaxDet_{m}``); ``n_gt`` and ``n_pred`` per class. ``iou_key`` is the threshold written
+            with ``:g`` (``"0.1"``, ``"0.3"``).
 
     Note:
-        Conventions (MONAI / nnDetection / pycocotools): predictions are sorted by score (stable), cut to
+        Conventions (pycocotools / MONAI / nnDetection): predictions are sorted by score (stable), cut to
         ``max_detections`` per image and class, and matched greedily per image and class: each takes the
-        unmatched ground truth of highest IoU >= threshold, so a duplicate detection of a matched box is a
-        false positive. Across images, detections are ranked by score (stable, in image order), precision is
-        made monotone, and AP is the mean precision at the 101 recalls 0, 0.01, ..., 1 (0 beyond the
-        highest recall reached). Recall is the recall after all kept detections.
+        unmatched ground truth of highest IoU >= threshold (the last one listed when IoUs tie), so a duplicate
+        detection of a matched box is a false positive. IoU uses extents ``max - min`` (no "+1"), as
+        pycocotools does for ``bbox = [x, y, w, h]`` with ``w = x_max - x_min``. Across images, detections are
+        ranked by score (stable, in image order), precision is made monotone, and AP is the mean precision at
+        the 101 recalls ``numpy.linspace(0, 1, 101)``: at each grid recall r, the envelope at the first
+        detection whose recall is >= r (0 when no detection reaches r). Recall is the recall after all kept
+        detections. With 2D boxes and ``iou_thresholds=numpy.linspace(0.5, 0.95, 10)``, ``map`` is pycocotools'
+        ``stats[0]`` (AP@[.50:.95], area "all", maxDets 100), ``mar`` its ``stats[8]``, and ``ap[class][key]``
+        the mean of ``eval["precision"][t, :, k, 0, -1]`` (``tests/test_cxr_detection_metrics.py`` checks
+        them through the COCO files of :mod:`medbundle.io.coco`, within 1e-6).
 
-        The one difference from MONAI: a class with no ground-truth box in any image has AP and recall NaN
-        and is left out of the class means (MONAI stores -1 for such a class and averages that -1 into its
-        mAP). Whenever every class has ground truth, the values are MONAI's.
+        Differences from MONAI's ``COCOMetric``:
+
+        * A class with no ground-truth box in any image has AP and recall NaN and is left out of the class
+          means (as pycocotools leaves out its -1; MONAI averages that -1 into its mAP).
+        * Counts: MONAI holds the cumulative TP/FP counts in float32, pycocotools in float64. A recall
+          ``k / n_gt`` that equals a grid value exactly in float64 but rounds below it in float32 (e.g.
+          29/100, 39/100, 58/200) is read one true positive later by MONAI, and when it is the final recall,
+          MONAI gives precision 0 at that grid point; AP then differs by up to 1/101 per such point.
+          ``convention="monai"`` reproduces MONAI here, the default reproduces pycocotools. Otherwise the two
+          conventions give the same AP, and recalls that differ only by float32 rounding (about 1e-8).
     """
     n_images = len(pred_boxes)
     lengths = {
@@ -217,6 +249,9 @@ def coco_detection_metrics(
     thresholds = np.asarray(iou_thresholds, dtype=np.float64).reshape(-1)
     if thresholds.size == 0 or np.any((thresholds < 0) | (thresholds > 1)):
         raise ValueError(f"iou_thresholds must be a non-empty list of values in [0, 1], got {thresholds}.")
+    count_dtypes = {"pycocotools": np.float64, "monai": np.float32}
+    if convention not in count_dtypes:
+        raise ValueError(f"convention must be 'pycocotools' or 'monai', got {convention!r}.")
     n_cls = len(classes)
 
     # Per class: per-image lists of (scores_sorted, matched (T, K)) and gt counts.
@@ -275,6 +310,7 @@ def coco_detection_metrics(
 
     ap = np.full((n_cls, thresholds.size), np.nan)
     rec = np.full((n_cls, thresholds.size), np.nan)
+    prec = np.full((n_cls, thresholds.size, _RECALL_THRESHOLDS.size), np.nan)
     for c in range(n_cls):
         if n_gt[c] == 0:
             continue
@@ -285,7 +321,7 @@ def coco_detection_metrics(
             matched = matched[:, order]
         else:
             matched = np.zeros((thresholds.size, 0), dtype=bool)
-        ap[c], rec[c] = _ap_and_recall(matched, int(n_gt[c]))
+        ap[c], rec[c], prec[c] = _ap_and_recall(matched, int(n_gt[c]), count_dtypes[convention])
 
     keys = [_iou_key(t) for t in thresholds]
     if len(set(keys)) != len(keys):
@@ -295,9 +331,10 @@ def coco_detection_metrics(
         x = x[np.isfinite(x)]
         return float(np.mean(x)) if x.size else float("nan")
 
-    return {
+    out: dict[str, Any] = {
         "iou_thresholds": [float(t) for t in thresholds],
         "max_detections": int(max_detections),
+        "convention": convention,
         "classes": classes,
         "ap": {cls: {k: float(ap[c, j]) for j, k in enumerate(keys)} for c, cls in enumerate(classes)},
         "ap_per_iou": {k: _mean(ap[:, j]) for j, k in enumerate(keys)},
@@ -309,3 +346,10 @@ def coco_detection_metrics(
         "n_gt": {cls: int(n_gt[c]) for c, cls in enumerate(classes)},
         "n_pred": {cls: int(n_pred[c]) for c, cls in enumerate(classes)},
     }
+    if return_curves:
+        out["curves"] = {
+            cls: {k: {"recall": _RECALL_THRESHOLDS.tolist(), "precision": prec[c, j].tolist()}
+                  for j, k in enumerate(keys)}
+            for c, cls in enumerate(classes) if n_gt[c] > 0
+        }
+    return out

@@ -1,9 +1,11 @@
-"""LUNA16 FROC analysis and competition performance metric (CPM), vectorised with numpy.
+"""LUNA16 FROC analysis and competition performance metric (CPM), and the same FROC for 2D boxes, with numpy.
 
 MONAI has no FROC metric for point detections; the LUNA16 challenge's own evaluation script loops over
 every scan, nodule and mark in Python. This module implements the same protocol (see ``luna16_froc`` for
 each rule), reads the challenge CSV files without pandas, bootstraps scans for confidence intervals and
-runs a full LUNA16 evaluation (888 scans x 100 marks) in well under a second.
+runs a full LUNA16 evaluation (888 scans x 100 marks) in well under a second. :func:`image_froc` applies
+the same curve, read-out and bootstrap to 2D box detections on images (chest X-ray nodules, NODE21's IoU
+hit rule), so both report sensitivity at fixed FP rates the same way.
 
 The ``medbundle froc`` command wraps :func:`evaluate_luna16_files`::
 
@@ -31,10 +33,13 @@ from medbundle.io.luna16_csv import (
     read_luna16_results,
     read_seriesuids,
 )
-from medbundle.utils import to_jsonable
+from medbundle.metrics.detection import box_iou
+from medbundle.utils import to_jsonable, to_numpy
 
 __all__ = [
     "DEFAULT_FP_RATES",
+    "NODE21_IOU_THRESHOLD",
+    "image_froc",
     "luna16_froc",
     "froc_sensitivity_by_size",
     "luna16_froc_by_size",
@@ -46,7 +51,7 @@ __all__ = [
 DEFAULT_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _GRID_MIN, _GRID_MAX, _GRID_NUM = 0.125, 8.0, 10001  # the published script's interpolation grid
 _BAND_POINTS = 121  # log-spaced FP rates at which the bootstrap band is stored for plotting
-_CURVE_KEYS = ("fps_per_scan", "sensitivity", "thresholds", "bootstrap_curve")
+_CURVE_KEYS = ("fps_per_scan", "fps_per_image", "sensitivity", "thresholds", "bootstrap_curve")
 
 
 
@@ -553,6 +558,256 @@ def luna16_froc_by_size(
     m = _match_marks(ann, res, exc, seriesuids, max_marks_per_scan)
     diam = np.where(m.nodule_diameter < 0.0, 10.0, m.nodule_diameter)
     return froc_sensitivity_by_size(m.nodule_score, diam, m.mark_prob[m.is_fp], m.n_scans, size_edges, fp_rates)
+
+
+# ------------------------------------------------------------------------------------------ 2D images
+
+#: NODE21's hit criterion: a predicted box hits a nodule when their IoU is > 0.2 (see :func:`image_froc`).
+NODE21_IOU_THRESHOLD = 0.2
+_EXTRA_HITS = ("ignore", "false_positive")
+
+
+def _image_boxes(boxes: Any, name: str) -> np.ndarray:
+    """``(K, 4)`` float64 corner boxes of one image; any empty input (``[]``, ``np.zeros((0, 4))``) is ``(0, 4)``."""
+    arr = to_numpy(boxes, name)
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(
+            f"{name} must have shape (K, 4) with corner boxes (x_min, y_min, x_max, y_max) in pixels; "
+            f"got shape {arr.shape}."
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite coordinates.")
+    bad = np.flatnonzero(np.any(arr[:, 2:] < arr[:, :2], axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{name}: box {int(bad[0])} is {arr[bad[0]].tolist()}, whose max corner lies below its min corner; "
+            "boxes must be (x_min, y_min, x_max, y_max), not (x, y, width, height)."
+        )
+    return arr
+
+
+def _match_image(
+    boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou_threshold: float, extra_hits: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One image: each lesion's score (-inf when missed), which detections are FPs, and the extra hits."""
+    n_det, n_gt = boxes.shape[0], gt.shape[0]
+    lesion_score = np.full(n_gt, -np.inf)
+    if n_gt == 0 or n_det == 0:
+        return lesion_score, np.ones(n_det, dtype=bool), 0
+    iou = box_iou(boxes, gt)
+    hit = iou > iou_threshold
+    hits_any = hit.any(axis=1)
+    if extra_hits == "ignore":
+        # LUNA16 / evalutils: a lesion takes its best hit; every hit is no FP, extra ones are not counted.
+        np.maximum.at(lesion_score, np.nonzero(hit)[1], np.broadcast_to(scores[:, None], hit.shape)[hit])
+        n_extra = int(hit.sum() - np.count_nonzero(hit.any(axis=0)))
+        return lesion_score, ~hits_any, n_extra
+    # one-to-one: from the highest score down, a detection takes the free lesion it overlaps most
+    is_fp = ~hits_any
+    taken = np.zeros(n_gt, dtype=bool)
+    n_extra = 0
+    for k in np.flatnonzero(hits_any)[np.argsort(-scores[hits_any], kind="stable")]:
+        cand = np.where(hit[k] & ~taken, iou[k], -np.inf)
+        g = int(np.argmax(cand))
+        if cand[g] == -np.inf:
+            is_fp[k] = True
+            n_extra += 1
+            continue
+        taken[g] = True
+        lesion_score[g] = scores[k]
+    return lesion_score, is_fp, n_extra
+
+
+def image_froc(
+    pred_boxes: Sequence[Any],
+    pred_scores: Sequence[Any],
+    gt_boxes: Sequence[Any],
+    fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+    iou_threshold: float = NODE21_IOU_THRESHOLD,
+    extra_hits: str = "ignore",
+    n_bootstraps: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FROC of 2D box detections over images: sensitivity at fixed false positives per image, with image-bootstrap CIs.
+
+    Class-agnostic: every box is a lesion of the one class evaluated (filter boxes by label to evaluate one
+    class of a multi-class detector, e.g. VinDr-CXR). The curve, read-out and bootstrap are those of
+    :func:`luna16_froc` with images in place of scans, so the two functions give the same figures for the same
+    hits (``tests/test_cxr_detection_metrics.py`` checks this).
+
+    Args:
+        pred_boxes (sequence of array-like, one per image, shape (K_i, 4)): Predicted corner boxes ``(x_min, y_min,
+            x_max, y_max)`` in pixels, numpy or torch; ``np.zeros((0, 4))`` (or ``[]``) for an image without
+            detections.
+        pred_scores (sequence of array-like, one per image, shape (K_i,)): Finite confidence of each box.
+        gt_boxes (sequence of array-like, one per image, shape (G_i, 4)): Reference lesion boxes, same format and unit;
+            ``np.zeros((0, 4))`` for an image without lesions (it still counts in the FPs-per-image denominator, and
+            all its detections are false positives).
+        fp_rates (sequence of float, default (1/8, 1/4, 1/2, 1, 2, 4, 8)): Average false positives per image at which
+            sensitivity is read; ``mean_sensitivity`` is the mean of those sensitivities.
+        iou_threshold (float, default 0.2): A detection hits a lesion when their IoU is strictly greater than this
+            (NODE21's criterion, see Note).
+        extra_hits (str, default "ignore"): What a second detection on an already hit lesion is. ``"ignore"``:
+            neither TP nor FP, the lesion takes its best-scoring hit (LUNA16's rule and grand-challenge evalutils'
+            ``score_detection``). ``"false_positive"``: one-to-one matching; from the highest score down, a detection
+            takes the still-free lesion it overlaps most (IoU > ``iou_threshold``), and one that finds none is a
+            false positive (the COCO rule, and that of the NODE21 winning team's re-implementation).
+        n_bootstraps (int, default 1000): Image-level bootstrap resamples (with replacement) for confidence intervals;
+            0 for none.
+        confidence (float, default 0.95): Two-sided level of the bootstrap intervals.
+        seed (int, default 0): Seed of the bootstrap resampling (``numpy.random.default_rng``).
+
+    Returns:
+        dict: ``fp_rates``, ``sensitivities`` (one per rate), ``sensitivity_by_rate`` (``{"0.25": s, ...}``, rates
+        written with ``:g``), ``mean_sensitivity``, ``iou_threshold``, ``hit_criterion`` (e.g. ``"IoU > 0.2"``),
+        ``extra_hits``, ``interpolation_grid`` ([start, stop, num]); the FROC curve ``fps_per_image``,
+        ``sensitivity``, ``thresholds`` (thinned lists; the first point is (0, 0) with threshold None, so that
+        ``np.interp(x, fps_per_image, sensitivity)`` reproduces the figures); counts ``n_images``,
+        ``n_images_with_lesions``, ``n_lesions``, ``n_detected``, ``n_detections``, ``n_false_positives``,
+        ``n_extra_hits`` (detections on a lesion already hit: ignored, or false positives with
+        ``extra_hits="false_positive"``); ``max_sensitivity`` and ``max_fps_per_image``. With bootstrapping also
+        ``n_bootstraps``, ``n_bootstraps_valid``, ``confidence``, ``seed``, ``sensitivities_ci`` ([low, high] per
+        rate), ``mean_sensitivity_ci``, ``mean_sensitivity_bootstrap_mean`` and ``bootstrap_curve``
+        (``fps_per_image``, ``sensitivity_mean``, ``sensitivity_low``, ``sensitivity_high`` on 121 log-spaced
+        rates). When there is no lesion at all, sensitivities and their intervals are NaN (a class absent from
+        the test set), and the curve is empty.
+
+    Raises:
+        ValueError: Lists of different lengths, no image, malformed boxes (wrong shape, NaN, max below min
+            corner), scores that are not one finite value per box, bad rates, ``iou_threshold`` outside [0, 1),
+            an unknown ``extra_hits``, ``n_bootstraps < 0`` or ``confidence`` outside (0, 1).
+
+    Note:
+        NODE21 (Sogancioglu et al., "Nodule Detection and Generation on Chest X-Rays: NODE21 Challenge", IEEE TMI
+        43(8), 2024) scores detectors by 0.75 x image-level AUC + 0.25 x sensitivity at 1/4 FP per image. Its
+        public evaluation container (github.com/DIAGNijmegen/node21, ``evaluation/evaluation_detection``, built
+        on grand-challenge ``evalutils``) holds only the AUC part (each image's highest box score). The hit
+        rule used here, IoU > 0.2 (strict), is the one of the challenge-winning solution published by the
+        organisers (github.com/node21challenge/rank1_node21_detection, ``src/utils/custom_metrics.py``, which
+        scores ``0.75 * AUROC + 0.25 * froc_025``). The sources differ on extra hits: evalutils'
+        ``score_detection`` counts no hit as a false positive (our default, as LUNA16), the rank-1 code counts a
+        lesion's lower-scoring hits as false positives (``extra_hits="false_positive"``, matched one-to-one).
+
+        Protocol, as :func:`luna16_froc`: a lesion hit by several detections is detected once, with the
+        highest score among its hits (``"ignore"``) or the score of the detection matched to it
+        (``"false_positive"``); with ``"ignore"`` a detection overlapping two lesions hits both. Missed lesions
+        stay in the denominator; FPs per image divide by all images, lesion-free ones included. The curve is
+        the ROC of (detected lesions' scores, false-positive scores) scaled to FPs per image and sensitivity,
+        one point per distinct score, starting at (0, 0); sensitivity at rate r is ``np.interp`` of the curve
+        at the point of ``linspace(0.125, 8, 10001)`` nearest r (the grid widens for rates outside [1/8, 8]);
+        beyond the largest FP rate reached the curve stays at its last sensitivity. Bootstrap: images are
+        drawn with replacement (n_images per resample, the FP denominator stays n_images), the interval is the
+        order statistic ``sorted[floor(a*B)], sorted[floor((1-a)*B)]`` with ``a = (1 - confidence) / 2``; a
+        resample without lesions is skipped (``n_bootstraps_valid``).
+    """
+    n_images = len(pred_boxes)
+    for name, n in (("pred_scores", len(pred_scores)), ("gt_boxes", len(gt_boxes))):
+        if n != n_images:
+            raise ValueError(f"pred_boxes has {n_images} images but {name} has {n}; pass one entry per image in each.")
+    if n_images == 0:
+        raise ValueError("no images: pred_boxes, pred_scores and gt_boxes are empty.")
+    rates = _check_rates(fp_rates)
+    iou_threshold = float(iou_threshold)
+    if not 0.0 <= iou_threshold < 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1) (a hit needs IoU > threshold), got {iou_threshold}.")
+    if extra_hits not in _EXTRA_HITS:
+        raise ValueError(f"extra_hits must be one of {', '.join(_EXTRA_HITS)}, got {extra_hits!r}.")
+    if n_bootstraps < 0:
+        raise ValueError(f"n_bootstraps must be >= 0, got {n_bootstraps}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
+
+    lesion_score_parts, lesion_image_parts, fp_score_parts, fp_image_parts = [], [], [], []
+    n_detections = n_extra = 0
+    for i in range(n_images):
+        boxes = _image_boxes(pred_boxes[i], f"pred_boxes[{i}]")
+        gt = _image_boxes(gt_boxes[i], f"gt_boxes[{i}]")
+        scores = to_numpy(pred_scores[i], f"pred_scores[{i}]").astype(np.float64).reshape(-1)
+        if scores.size != boxes.shape[0]:
+            raise ValueError(
+                f"pred_scores[{i}] has {scores.size} scores but pred_boxes[{i}] has {boxes.shape[0]} boxes."
+            )
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(f"pred_scores[{i}] contains NaN or infinite scores.")
+        lesion_score, is_fp, extra = _match_image(boxes, scores, gt, iou_threshold, extra_hits)
+        lesion_score_parts.append(lesion_score)
+        lesion_image_parts.append(np.full(gt.shape[0], i, dtype=np.int64))
+        fp_score_parts.append(scores[is_fp])
+        fp_image_parts.append(np.full(int(is_fp.sum()), i, dtype=np.int64))
+        n_detections += boxes.shape[0]
+        n_extra += extra
+    lesion_score = np.concatenate(lesion_score_parts)
+    lesion_image = np.concatenate(lesion_image_parts)
+    fp_score = np.concatenate(fp_score_parts)
+    fp_image = np.concatenate(fp_image_parts)
+    detected = np.isfinite(lesion_score)
+    n_lesions = int(lesion_score.size)
+
+    out: dict[str, Any] = {
+        "fp_rates": [float(r) for r in rates],
+        "iou_threshold": iou_threshold,
+        "hit_criterion": f"IoU > {iou_threshold:g}",
+        "extra_hits": extra_hits,
+        "n_images": n_images,
+        "n_images_with_lesions": int(np.unique(lesion_image).size),
+        "n_lesions": n_lesions,
+        "n_detected": int(detected.sum()),
+        "n_detections": int(n_detections),
+        "n_false_positives": int(fp_score.size),
+        "n_extra_hits": int(n_extra),
+        "max_fps_per_image": float(fp_score.size / n_images),
+    }
+    if n_lesions == 0:
+        nan = float("nan")
+        grid = _read_out(np.zeros(1), np.zeros(1), rates)[0]
+        out.update(
+            sensitivities=[nan] * rates.size, sensitivity_by_rate={f"{r:g}": nan for r in rates},
+            mean_sensitivity=nan, interpolation_grid=[float(grid[0]), float(grid[-1]), _GRID_NUM],
+            max_sensitivity=nan, fps_per_image=[], sensitivity=[], thresholds=[],
+        )
+        if n_bootstraps > 0:
+            out.update(n_bootstraps=int(n_bootstraps), n_bootstraps_valid=0, confidence=float(confidence),
+                       seed=int(seed), sensitivities_ci=[[nan, nan] for _ in rates], mean_sensitivity_ci=[nan, nan],
+                       mean_sensitivity_bootstrap_mean=nan)
+        return out
+
+    # candidates for the FROC: detected lesions (label 1) and false positives (label 0), as luna16_froc
+    cand_score = np.concatenate([lesion_score[detected], fp_score])
+    cand_tp = np.concatenate([np.ones(int(detected.sum())), np.zeros(fp_score.size)])
+    cand_image = np.concatenate([lesion_image[detected], fp_image])
+    srt, ends = _rank(cand_score)
+    cand_score, cand_tp, cand_image = cand_score[srt], cand_tp[srt], cand_image[srt]
+    cand_fp = 1.0 - cand_tp
+    tp_cum = np.cumsum(cand_tp)[ends]
+    fp_cum = np.cumsum(cand_fp)[ends]
+    fps, sens = _froc_curve(tp_cum, fp_cum, float(tp_cum[-1]) if tp_cum.size else 0.0,
+                            float(fp_cum[-1]) if fp_cum.size else 0.0, n_lesions, n_images)
+    grid, read_at, sens_at = _read_out(fps, sens, rates)
+    kept = _thin(tp_cum, fp_cum)
+    curve_idx = np.r_[0, kept + 1]
+    out.update(
+        sensitivities=[float(s) for s in sens_at],
+        sensitivity_by_rate={f"{r:g}": float(s) for r, s in zip(rates, sens_at)},
+        mean_sensitivity=float(np.mean(sens_at)),
+        interpolation_grid=[float(grid[0]), float(grid[-1]), _GRID_NUM],
+        max_sensitivity=float(sens[-1]),
+        fps_per_image=[float(x) for x in fps[curve_idx]],
+        sensitivity=[float(x) for x in sens[curve_idx]],
+        thresholds=[None] + [float(t) for t in cand_score[ends][kept]],
+    )
+    if n_bootstraps > 0:
+        boot = _bootstrap(cand_tp, cand_fp, cand_image, ends, lesion_image, n_images, rates, read_at, grid,
+                          n_bootstraps, confidence, seed)
+        boot["mean_sensitivity_ci"] = boot.pop("cpm_ci")
+        boot["mean_sensitivity_bootstrap_mean"] = boot.pop("cpm_bootstrap_mean")
+        if "bootstrap_curve" in boot:
+            boot["bootstrap_curve"]["fps_per_image"] = boot["bootstrap_curve"].pop("fps_per_scan")
+        out.update(boot)
+    return out
 
 
 def _bootstrap(

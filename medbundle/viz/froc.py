@@ -1,4 +1,5 @@
-"""FROC plot for the result of :func:`medbundle.metrics.froc.luna16_froc`.
+"""FROC plot for the result of :func:`medbundle.metrics.froc.luna16_froc` (per scan) or
+:func:`medbundle.metrics.froc.image_froc` (per image).
 
 Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it is safe in servers,
 tests and headless jobs.
@@ -26,8 +27,10 @@ def plot_froc(result: Mapping[str, Any], path: str | os.PathLike, title: str | N
 
     Args:
         result (mapping): Output of :func:`~medbundle.metrics.froc.luna16_froc` (or the ``froc.json`` it was saved to):
-            needs ``fps_per_scan``, ``sensitivity``, ``fp_rates``, ``sensitivities`` and ``cpm``; draws the bootstrap
-            band and interval bars when ``bootstrap_curve`` / ``sensitivities_ci`` are present.
+            needs ``fps_per_scan``, ``sensitivity``, ``fp_rates``, ``sensitivities`` and ``cpm``; or of
+            :func:`~medbundle.metrics.froc.image_froc`: ``fps_per_image`` and ``mean_sensitivity`` instead of
+            ``fps_per_scan`` and ``cpm``. Draws the bootstrap band and interval bars when ``bootstrap_curve`` /
+            ``sensitivities_ci`` are present.
         path (str or path-like): Output file; the format follows the extension (``.png``, ``.pdf``, ``.svg``).
         title (str, optional): Plot title; default "FROC (CPM = ...)".
 
@@ -37,10 +40,12 @@ def plot_froc(result: Mapping[str, Any], path: str | os.PathLike, title: str | N
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    for key in ("fps_per_scan", "sensitivity", "fp_rates", "sensitivities", "cpm"):
+    unit = "image" if "fps_per_image" in result else "scan"
+    summary, summary_name = ("mean_sensitivity", "mean sensitivity") if unit == "image" else ("cpm", "CPM")
+    for key in (f"fps_per_{unit}", "sensitivity", "fp_rates", "sensitivities", summary):
         if key not in result:
-            raise ValueError(f"plot_froc: result has no {key!r}; pass the dict returned by luna16_froc.")
-    fps = np.asarray(result["fps_per_scan"], dtype=np.float64)
+            raise ValueError(f"plot_froc: result has no {key!r}; pass the dict returned by luna16_froc or image_froc.")
+    fps = np.asarray(result[f"fps_per_{unit}"], dtype=np.float64)
     sens = np.asarray(result["sensitivity"], dtype=np.float64)
     rates = np.asarray(result["fp_rates"], dtype=np.float64)
     at = np.asarray(result["sensitivities"], dtype=np.float64)
@@ -55,7 +60,7 @@ def plot_froc(result: Mapping[str, Any], path: str | os.PathLike, title: str | N
     band = result.get("bootstrap_curve")
     ci = result.get("sensitivities_ci")
     if band:
-        bx = np.asarray(band["fps_per_scan"], dtype=np.float64)
+        bx = np.asarray(band[f"fps_per_{unit}"], dtype=np.float64)
         low = np.asarray([np.nan if v is None else v for v in band["sensitivity_low"]], dtype=np.float64)
         high = np.asarray([np.nan if v is None else v for v in band["sensitivity_high"]], dtype=np.float64)
         level = 100 * float(result.get("confidence", 0.95))
@@ -75,11 +80,11 @@ def plot_froc(result: Mapping[str, Any], path: str | os.PathLike, title: str | N
     ax.minorticks_off()
     ax.set_yticks(np.linspace(0.0, 1.0, 11))
     ax.grid(True, which="both", alpha=0.4)
-    ax.set_xlabel("Average number of false positives per scan")
+    ax.set_xlabel(f"Average number of false positives per {unit}")
     ax.set_ylabel("Sensitivity")
     if title is None:
-        title = f"FROC (CPM = {float(result['cpm']):.3f}"
-        cpm_ci = result.get("cpm_ci")
+        title = f"FROC ({summary_name} = {float(result[summary]):.3f}"
+        cpm_ci = result.get(f"{summary}_ci")
         if cpm_ci and all(v is not None and np.isfinite(v) for v in cpm_ci):
             title += f", CI {cpm_ci[0]:.3f}-{cpm_ci[1]:.3f}"
         title += ")"
