@@ -1,10 +1,16 @@
-"""A synthetic chest CT phantom that more than one domain paints its findings into.
+"""Synthetic chest anatomy (a CT volume and a frontal radiograph) that more than one domain paints findings into.
 
-The CT classifier's generator (:mod:`medbundle.ct.synthetic`) draws whole volumes with a finding per
+CT: the CT classifier's generator (:mod:`medbundle.ct.synthetic`) draws whole volumes with a finding per
 class; the nodule detector's generator (:mod:`medbundle.detection.synthetic`) takes the "normal" anatomy
 and places LUNA16-sized nodules in it. Both start from :func:`render_ct_volume`: air around an elliptic
 body (soft tissue with a fat rim), a vertebral column, two lungs (~-850 HU) with thin vessels as
 distractors, and Gaussian noise; axes ``(X, Y, Z)`` run right, anterior, superior (RAS).
+
+Radiograph: the chest X-ray classifier's generator (:mod:`medbundle.xray.synthetic`) and the 2D lesion
+detector's generators (:mod:`medbundle.detection.synthetic_cxr`) start from :func:`chest_radiograph_anatomy`,
+a noise-free frontal chest background (body, two darker lung fields, brighter mediastinum, faint rib
+stripes) on a grid of fractions of the image side; :data:`CXR_LUNG_FIELDS` gives the lung ellipses it
+draws, so a generator can place lesions inside the lungs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CT_CLASS_NAMES", "render_ct_volume"]
+__all__ = ["CT_CLASS_NAMES", "CXR_LUNG_FIELDS", "chest_radiograph_anatomy", "render_ct_volume"]
 
 #: Class names the phantom knows how to draw (any subset with "normal" may be used, e.g. binary).
 CT_CLASS_NAMES: tuple[str, ...] = ("normal", "nodule", "consolidation")
@@ -145,3 +151,36 @@ def render_ct_volume(
     noise_sd = rng.uniform(10.0, 20.0)
     vol += noise_sd * rng.standard_normal(shape, dtype=np.float32)
     return np.clip(np.rint(vol), -1024, 3071).astype(np.int16), mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# frontal chest radiograph
+# ----------------------------------------------------------------------------------------------------------
+#: Lung fields drawn by :func:`chest_radiograph_anatomy`: ``(cx, cy, rx, ry)`` of each ellipse as fractions of the
+#: image side (x = column, y = row; image left first). The darkening is full inside 0.7 of each radius and fades to
+#: nothing at the ellipse's edge.
+CXR_LUNG_FIELDS: tuple[tuple[float, float, float, float], ...] = ((0.32, 0.5, 0.15, 0.3), (0.68, 0.5, 0.15, 0.3))
+
+
+def chest_radiograph_anatomy(size: int, pad: int = 0) -> np.ndarray:
+    """Noise-free frontal chest background of shape ``(size + 2 pad, size + 2 pad)`` (rows, columns).
+
+    Float32 grey levels in about [20, 190] (bright = attenuating): an elliptic body, two darker lung fields
+    (:data:`CXR_LUNG_FIELDS`), a brighter mediastinum and faint rib stripes over the lungs. Coordinates are fractions of
+    ``size``; ``pad`` extra pixels on every side let a caller shift the anatomy by cropping.
+    """
+    n = size + 2 * pad
+    c = (np.arange(n, dtype=np.float32) - pad + 0.5) / size
+    y, x = np.meshgrid(c, c, indexing="ij")
+
+    def soft_ellipse(cx: float, cy: float, rx: float, ry: float, edge: float = 0.04) -> np.ndarray:
+        d = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
+        return np.clip((1.0 - d) / edge, 0.0, 1.0)
+
+    body = soft_ellipse(0.5, 0.56, 0.46, 0.52, edge=0.08)
+    (lcx, lcy, lrx, lry), (rcx, rcy, rrx, rry) = CXR_LUNG_FIELDS
+    lungs = np.maximum(soft_ellipse(lcx, lcy, lrx, lry, 0.3), soft_ellipse(rcx, rcy, rrx, rry, 0.3))
+    mediastinum = np.exp(-(((x - 0.5) / 0.08) ** 2)) * np.clip((y - 0.15) / 0.2, 0.0, 1.0)
+    ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (9.0 * y + 1.5 * (x - 0.5) ** 2))
+    img = 25.0 + 135.0 * body - 70.0 * lungs * body + 30.0 * mediastinum * body + 10.0 * ribs * lungs
+    return img.astype(np.float32)

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from medbundle.io.dicom_write import ds_string, new_dataset, save_dicom, set_synthetic_patient
+from medbundle.phantoms import chest_radiograph_anatomy
 from medbundle.xray.adapters import CHESTXRAY14_FINDINGS
 
 __all__ = [
@@ -90,24 +91,6 @@ _DX_PRESENTATION_UID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Stor
 # ----------------------------------------------------------------------------------------------------------
 # image synthesis
 # ----------------------------------------------------------------------------------------------------------
-def _anatomy_template(size: int, pad: int) -> np.ndarray:
-    """Noise-free chest background of shape (size + 2 pad, size + 2 pad), float32 grey levels ~[20, 190]."""
-    n = size + 2 * pad
-    c = (np.arange(n, dtype=np.float32) - pad + 0.5) / size
-    y, x = np.meshgrid(c, c, indexing="ij")
-
-    def soft_ellipse(cx: float, cy: float, rx: float, ry: float, edge: float = 0.04) -> np.ndarray:
-        d = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
-        return np.clip((1.0 - d) / edge, 0.0, 1.0)
-
-    body = soft_ellipse(0.5, 0.56, 0.46, 0.52, edge=0.08)
-    lungs = np.maximum(soft_ellipse(0.32, 0.5, 0.15, 0.3, 0.3), soft_ellipse(0.68, 0.5, 0.15, 0.3, 0.3))
-    mediastinum = np.exp(-(((x - 0.5) / 0.08) ** 2)) * np.clip((y - 0.15) / 0.2, 0.0, 1.0)
-    ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (9.0 * y + 1.5 * (x - 0.5) ** 2))
-    img = 25.0 + 135.0 * body - 70.0 * lungs * body + 30.0 * mediastinum * body + 10.0 * ribs * lungs
-    return img.astype(np.float32)
-
-
 def _pattern(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Finding ``k``'s pattern on local coordinates (u, v) in units of its radius; values in [-1, 1]."""
     d = np.sqrt(u**2 + v**2)
@@ -153,14 +136,15 @@ def render_chest_image(
             is > 0.5.
         size: Output side in pixels.
         rng: Random generator for the jitters and noise (a fresh default one if None).
-        template: Cached :func:`_anatomy_template` output for this ``size`` (speeds up batches); built if None.
+        template: Cached :func:`medbundle.phantoms.chest_radiograph_anatomy` output for this ``size`` with
+            ``pad = ceil(0.04 size)`` (speeds up batches); built if None.
 
     Returns:
         np.ndarray, uint8, shape (size, size) as (rows, columns), grey levels 0-255 (bright = attenuating).
     """
     rng = np.random.default_rng() if rng is None else rng
     pad = int(np.ceil(_MAX_SHIFT * size))
-    tmpl = _anatomy_template(size, pad) if template is None else template
+    tmpl = chest_radiograph_anatomy(size, pad) if template is None else template
     sx, sy = rng.integers(-pad, pad + 1, size=2)
     img = tmpl[pad + sy : pad + sy + size, pad + sx : pad + sx + size].copy()
 
@@ -390,7 +374,7 @@ def generate_chestxray14(
     variant_of = {int(i): j % len(DICOM_VARIANTS) for j, i in enumerate(sorted(dicom_idx.tolist()))}
     spacing = 0.143 * 1024 / size
 
-    template = _anatomy_template(size, int(np.ceil(_MAX_SHIFT * size)))
+    template = chest_radiograph_anatomy(size, int(np.ceil(_MAX_SHIFT * size)))
     names: list[str] = []
     rows: list[list[str]] = []
     for i in range(n_images):
