@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 __all__ = [
     "all_gather_object",
+    "gather_unique",
     "barrier",
     "broadcast_object",
     "destroy_process_group",
@@ -101,6 +102,19 @@ def all_gather_object(obj: Any) -> list[Any]:
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_unique(records: list[dict], key: str) -> list[dict]:
+    """Every rank's ``records`` in rank order, each value of ``records[i][key]`` once (the first): a
+    ``DistributedSampler`` pads the ranks' shares with repeated items, which must count once in a metric."""
+    merged = [r for part in all_gather_object(records) for r in part]
+    seen: set = set()
+    out = []
+    for r in merged:
+        if r[key] not in seen:
+            seen.add(r[key])
+            out.append(r)
     return out
 
 

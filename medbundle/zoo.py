@@ -23,7 +23,7 @@ import stat
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -236,6 +236,8 @@ def _check_net_in_out(bundle: Path, meta: dict, prof: VerifyProfile) -> CheckRes
     shape = [int(s) for s in spec["spatial_shape"]]
     net = _parse_net(bundle, prof.net_overrides).eval()
     x = torch.rand(1, int(spec["num_channels"]), *shape, dtype=dtype)
+    if _is_torchvision_detector(net):
+        return _check_torchvision_detector(net, x, spec, prof)
     with torch.no_grad():
         out = net(x)
     if not isinstance(out, dict):
@@ -262,6 +264,37 @@ def _check_net_in_out(bundle: Path, meta: dict, prof: VerifyProfile) -> CheckRes
                        f"{cls_key}/{box_key} with {levels} pyramid levels ({prof.note})")
 
 
+def _is_torchvision_detector(net: Any) -> bool:
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    return isinstance(net, (GeneralizedRCNN, RetinaNet, FCOS))
+
+
+def _check_torchvision_detector(net: Any, x: Any, spec: Mapping[str, Any], prof: VerifyProfile) -> CheckResult:
+    """A torchvision detector takes a list of ``(C, H, W)`` images and returns one dict of boxes per image."""
+    import torch
+
+    with torch.no_grad():
+        out = net(list(x))
+    if not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict):
+        raise AssertionError(f"torchvision detector returned {type(out).__name__}, expected a list of one dict")
+    det = out[0]
+    if set(det) != {"boxes", "labels", "scores"}:
+        raise AssertionError(f"detections hold {sorted(det)}, expected boxes, labels and scores")
+    k = det["boxes"].shape[0]
+    if det["boxes"].shape != (k, 4) or det["labels"].shape != (k,) or det["scores"].shape != (k,):
+        raise AssertionError(f"boxes {tuple(det['boxes'].shape)}, labels {tuple(det['labels'].shape)}, "
+                             f"scores {tuple(det['scores'].shape)}: expected (K, 4), (K,), (K,)")
+    h, w = x.shape[-2:]
+    if k and (det["boxes"].min() < 0 or det["boxes"][:, 2].max() > w or det["boxes"][:, 3].max() > h):
+        raise AssertionError("boxes reach outside the image")
+    return CheckResult("verify_net_in_out", True,
+                       f"torchvision detector check instead of MONAI's verify_net_in_out (the network takes a list of "
+                       f"images and returns boxes): input {spec['num_channels']}x{'x'.join(map(str, x.shape[2:]))} "
+                       f"{spec.get('dtype')}, {k} boxes (K, 4) with labels and scores inside the image ({prof.note})")
+
+
 def _check_export(bundle: Path, meta: dict, prof: VerifyProfile, tmp: Path) -> CheckResult:
     import torch
     from monai.bundle import ckpt_export
@@ -281,8 +314,16 @@ def _check_export(bundle: Path, meta: dict, prof: VerifyProfile, tmp: Path) -> C
     if prof.example_shape is not None:
         x = torch.rand(*prof.example_shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            a, b = eager(x), scripted(x)
-        pairs = [(a[k][i], b[k][i]) for k in a for i in range(len(a[k]))] if isinstance(a, dict) else [(a, b)]
+            if _is_torchvision_detector(eager):  # a list of images in; scripted, it returns (losses, detections)
+                a, b = eager(list(x))[0], scripted(list(x))[1][0]
+            else:
+                a, b = eager(x), scripted(x)
+        if isinstance(a, dict) and all(torch.is_tensor(v) for v in a.values()):
+            pairs = [(a[k], b[k]) for k in a]
+        elif isinstance(a, dict):
+            pairs = [(a[k][i], b[k][i]) for k in a for i in range(len(a[k]))]
+        else:
+            pairs = [(a, b)]
         for u, v in pairs:
             torch.testing.assert_close(v, u, atol=1e-4, rtol=1e-4)
     return CheckResult("TorchScript export", True,

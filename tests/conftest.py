@@ -29,3 +29,14 @@ def run_bundle(args: list[str], cwd: Path | None = None, timeout: int = 900) -> 
             f"monai.bundle {args[:2]} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def missing_properties(cfg: Path, config: str, kind: str, bundle_root: Path, **overrides) -> list:
+    """MONAI's property check of ``cfg/config`` as a ``kind`` (``train``/``infer``) workflow: the missing ones."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(cfg / config), meta_file=str(cfg / "metadata.json"),
+                        logging_file=str(cfg / "logging.conf"), workflow_type=kind, bundle_root=str(bundle_root),
+                        **overrides)
+    wf.initialize()
+    return wf.check_properties()

@@ -11,8 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import BUNDLES, config_list, run_bundle
-from monai.bundle import ConfigWorkflow
+from conftest import BUNDLES, config_list, missing_properties, run_bundle
 
 from medbundle.io.datalist import write_datalist
 from medbundle.xray.adapters import CHESTXRAY14_FINDINGS, chestxray14_datalist
@@ -129,12 +128,10 @@ def test_inference_from_datalist_matches_folder_order(trained, tmp_path):
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "infer")])
 def test_config_properties(config, kind, trained, tmp_path):
     data, work, _ = trained
-    wf = ConfigWorkflow(config_file=str(CFG / config), meta_file=str(CFG / "metadata.json"),
-                        logging_file=str(CFG / "logging.conf"), workflow_type=kind,
-                        dataset_dir=str(data if kind == "train" else data / "images"), bundle_root=str(tmp_path),
-                        image_size=48, cache_rate=0.0)
-    wf.initialize()
-    assert wf.check_properties() == []
+    assert missing_properties(
+        CFG, config, kind, tmp_path,
+        dataset_dir=str(data if kind == "train" else data / "images"), image_size=48, cache_rate=0.0,
+    ) == []
 
 
 def test_verify_net_in_out():

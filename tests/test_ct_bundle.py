@@ -13,8 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, config_list, run_bundle
-from monai.bundle import ConfigWorkflow
+from conftest import BUNDLES, config_list, missing_properties, run_bundle
 
 from medbundle.ct.adapters import synthetic_ct_datalist
 from medbundle.ct.synthetic import generate_ct_dataset
@@ -153,12 +152,11 @@ def test_small_volume_is_padded_and_classified_and_bad_file_is_skipped(trained, 
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "infer")])
 def test_config_properties(config, kind, trained, tmp_path):
     data, datalist, _, _, _ = trained
-    wf = ConfigWorkflow(config_file=str(CFG / config), meta_file=str(CFG / "metadata.json"),
-                        logging_file=str(CFG / "logging.conf"), workflow_type=kind, bundle_root=str(tmp_path),
-                        dataset_dir=str(data if kind == "train" else data / "volumes"),
-                        datalist_file=str(datalist), cache_rate=0.0, class_names=CLASSES)
-    wf.initialize()
-    assert wf.check_properties() == []
+    assert missing_properties(
+        CFG, config, kind, tmp_path,
+        dataset_dir=str(data if kind == "train" else data / "volumes"), datalist_file=str(datalist),
+        cache_rate=0.0, class_names=CLASSES,
+    ) == []
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):

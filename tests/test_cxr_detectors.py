@@ -159,8 +159,9 @@ def test_eval_output_format_and_frame(model):
     assert float(boxes[:, 0].min()) >= 0 and float(boxes[:, 2].max()) <= X and float(boxes[:, 3].max()) <= Y
     if model == "faster_rcnn":  # random proposals clipped to the image reach the right border x = 80 > Y
         assert float(boxes[:, 2].max()) > Y
-    with pytest.raises(ValueError, match="sliding-window"):
-        det([_image()], use_inferer=True)
+    again = det([_image()], use_inferer=True)  # MONAI Label asks for the inferer: the whole image, the same boxes
+    assert not hasattr(det, "inferer")
+    torch.testing.assert_close(again[0]["boxes"], det([_image()])[0]["boxes"])
 
 
 def test_label_shift_in_and_out():

@@ -15,8 +15,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, config_list, run_bundle
-from monai.bundle import ConfigParser, ConfigWorkflow
+from conftest import BUNDLES, config_list, missing_properties, run_bundle
+from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from medbundle.cli import main as cli_main
@@ -160,12 +160,11 @@ def test_inference_same_world_boxes_for_metaimage_nifti_and_dicom(trained, tmp_p
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "infer")])
 def test_config_properties(config, kind, trained, tmp_path):
     data, _, summary, _ = trained
-    wf = ConfigWorkflow(config_file=str(CFG / config), meta_file=str(CFG / "metadata.json"),
-                        logging_file=str(CFG / "logging.conf"), workflow_type=kind, bundle_root=str(tmp_path),
-                        dataset_dir=str(data if kind == "train" else data / "subset0"), cache_rate=0.0,
-                        resnet_depth=NET["depth"], widen_factor=NET["widen_factor"], fpn_channels=NET["fpn_channels"])
-    wf.initialize()
-    assert wf.check_properties() == []
+    assert missing_properties(
+        CFG, config, kind, tmp_path,
+        dataset_dir=str(data if kind == "train" else data / "subset0"), cache_rate=0.0,
+        resnet_depth=NET["depth"], widen_factor=NET["widen_factor"], fpn_channels=NET["fpn_channels"],
+    ) == []
 
 
 def test_torchscript_export_matches_eager(trained, tmp_path):

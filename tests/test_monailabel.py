@@ -37,7 +37,8 @@ CXR = "chest_xray_classification"
 CT = "ct_volume_classification"
 DET = "lung_nodule_retinanet_detection"
 WSI = "wsi_mil_classification"
-MODELS = [CXR, CT, DET, WSI]
+CXR_DET = "chest_xray_lesion_detection"
+MODELS = [CXR, CT, DET, WSI, CXR_DET]
 N_TRAIN = 12  # labelled chest X-rays uploaded to the datastore for /train
 
 
@@ -140,6 +141,18 @@ def test_infer_returns_nodule_boxes_with_scores(server):
     assert len(res["score"]) == len(res["box_world"]) == len(res["label"]) == n
     assert all(0.0 <= s <= 1.0 for s in res["score"]) and res["score"] == sorted(res["score"], reverse=True)
     assert all(len(b) == 6 and b[3] > 0 and b[4] > 0 and b[5] > 0 for b in res["box_world"])
+
+
+def test_infer_returns_radiograph_lesion_boxes_with_scores(server):
+    url, _, ids, _ = server
+    res = _post(f"{url}/infer/{CXR_DET}?image={ids[CXR_DET]}&output=json", {"result_write_to_file": False})
+    n = len(res["box"])
+    assert 0 < n <= 20  # detections_per_img of the demo recipe
+    assert len(res["score"]) == len(res["box_image"]) == len(res["label"]) == n
+    assert res["box_mm"] is None  # a PNG study says nothing about its pixel spacing
+    assert all(0.0 <= s <= 1.0 for s in res["score"]) and res["score"] == sorted(res["score"], reverse=True)
+    assert all(len(b) == 4 and b[2] > b[0] and b[3] > b[1] for b in res["box_image"])
+    assert set(res["label"]) <= {0}
 
 
 def test_infer_returns_the_slide_score_of_the_bundles_own_inference(server, tmp_path):

@@ -189,6 +189,28 @@ def test_lung_nodule_detection_two_process_training(tmp_path):
     _check_shards(work, len(train), {str(d["image"]) for d in train})
 
 
+def test_chest_xray_lesion_detection_two_process_training(tmp_path):
+    from medbundle.detection.cxr_datasets import node21_datalist
+    from medbundle.detection.synthetic_cxr import generate_node21
+    from medbundle.detection.torchvision_detectors import faster_rcnn
+
+    data = tmp_path / "NODE21"
+    generate_node21(data, n_images=20, image_size=64, positive_fraction=0.5, seed=1)
+    demo = json.loads((BUNDLES / "chest_xray_lesion_detection" / "configs" / "demo.json").read_text())
+    train = node21_datalist(data, seed=0)["training"]
+    work = tmp_path / "ddp"
+    log0, log1 = _torchrun("chest_xray_lesion_detection", work, [
+        "--dataset_dir", str(data), "--image_size", "64", "--anchor_sizes", "[[4], [8], [16], [32], [64]]",
+        "--num_epochs", "1", "--val_interval", "1", "--batch_size", "2", "--balanced_sampler", "False",
+    ])
+    state = _check_rank0_only(work, log0, log1, "val_froc", extra=("eval/metrics.json", "eval/froc.png"))
+    net = faster_rcnn(1, backbone=demo["backbone"], fpn_channels=demo["fpn_channels"],
+                      anchor_sizes=[[4], [8], [16], [32], [64]], aspect_ratios=demo["aspect_ratios"],
+                      **demo["detector_kwargs"]["faster_rcnn"])
+    net.load_state_dict(state)
+    _check_shards(work, len(train), {str(d["image"]) for d in train})
+
+
 def test_wsi_mil_two_process_training(tmp_path):
     pytest.importorskip("tifffile")
     pytest.importorskip("openslide")

@@ -17,8 +17,7 @@ import torch
 pytest.importorskip("tifffile")
 pytest.importorskip("openslide")
 
-from conftest import BUNDLES, config_list, run_bundle  # noqa: E402
-from monai.bundle import ConfigWorkflow  # noqa: E402
+from conftest import BUNDLES, config_list, missing_properties, run_bundle  # noqa: E402
 
 from medbundle.io.datalist import write_datalist
 from medbundle.pathology.adapters import camelyon16_datalist, panda_datalist
@@ -176,12 +175,11 @@ def test_graded_panda_layout_reports_quadratic_kappa(tmp_path):
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "infer")])
 def test_config_properties(config, kind, trained, tmp_path):
     data, datalist, _, _ = trained
-    wf = ConfigWorkflow(config_file=str(CFG / config), meta_file=str(CFG / "metadata.json"),
-                        logging_file=str(CFG / "logging.conf"), workflow_type=kind, bundle_root=str(tmp_path),
-                        dataset_dir=str(data if kind == "train" else data / "testing" / "images"),
-                        datalist_file=str(datalist), cache_rate=0.0)
-    wf.initialize()
-    assert wf.check_properties() == []
+    assert missing_properties(
+        CFG, config, kind, tmp_path,
+        dataset_dir=str(data if kind == "train" else data / "testing" / "images"), datalist_file=str(datalist),
+        cache_rate=0.0,
+    ) == []
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):

@@ -96,9 +96,10 @@ def image_meta(item: Mapping, image_key: str = "image") -> dict[str, Any]:
 
     Returns:
         dict: ``affine``: ``(4, 4)`` float64 numpy voxel-to-world matrix of the image as it is now (after preprocessing;
-            RAS for MONAI readers), identity when the image carries none; ``filename_or_obj`` (str or None);
-            ``spatial_shape``: the shape the reader gave (before preprocessing), or the current one; ``shape``: the
-            current spatial shape.
+            RAS for MONAI readers; a 2D image's ``(3, 3)`` embedded), identity when the image carries none;
+            ``filename_or_obj`` (str or None); ``spatial_shape``: the shape the reader gave (before preprocessing), or
+            the current one; ``shape``: the current spatial shape; ``spacing``: the reader's pixel spacing in mm
+            (``meta["spacing"]``, of the image as read) or None when the reader gives none (PNG).
     """
     img = item[image_key]
     meta: Mapping = {}
@@ -110,15 +111,24 @@ def image_meta(item: Mapping, image_key: str = "image") -> dict[str, Any]:
     if affine is None:
         affine = np.eye(4)
     affine = np.asarray(affine.detach().cpu() if torch.is_tensor(affine) else affine, dtype=np.float64)
+    if affine.shape != (4, 4):  # a 2D reader's (3, 3): embed it, the third axis untouched
+        n = affine.shape[0] - 1
+        full = np.eye(4)
+        full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
+        affine = full
     fname = meta.get("filename_or_obj")
     shape = [int(s) for s in img.shape[1:]]
     spatial_shape = meta.get("spatial_shape")
     spatial_shape = shape if spatial_shape is None else [int(s) for s in np.asarray(spatial_shape).reshape(-1)]
+    spacing = meta.get("spacing")
+    if spacing is not None:
+        spacing = np.asarray(spacing.detach().cpu() if torch.is_tensor(spacing) else spacing, dtype=np.float64)
     return {
-        "affine": affine.reshape(4, 4),
+        "affine": affine,
         "filename_or_obj": None if fname is None else str(fname),
         "spatial_shape": spatial_shape,
         "shape": shape,
+        "spacing": spacing,
     }
 
 
@@ -292,11 +302,12 @@ class DetectionEvaluator(Evaluator):
     Note:
         ``engine.state.output`` is a list with one dict per image:
         ``image_meta`` (see :func:`image_meta`: ``affine`` of the preprocessed image, ``filename_or_obj``,
-        ``spatial_shape``, ``shape``), ``seriesuid`` (the item's, or None), ``pred_box`` (``(K, 2 * spatial_dims)``
-        float32, image voxel coordinates of the preprocessed image, ``xyzxyz`` = the detector's ``StandardMode``),
-        ``pred_label`` ``(K,)`` int64, ``pred_score`` ``(K,)`` float32, ``box_mode`` ``"xyzxyz"``, and when the item
-        has them ``box`` ``(N, 2 * spatial_dims)`` (same frame and mode) and ``label`` ``(N,)``. All tensors are on
-        the CPU. :class:`medbundle.detection.handlers.DetectionReport` and ``DetectionWriter`` read this.
+        ``spatial_shape``, ``shape``, ``spacing``), ``seriesuid`` and ``image_id`` (the item's, or None), ``pred_box``
+        (``(K, 2 * spatial_dims)`` float32, image voxel coordinates of the preprocessed image, ``xyzxyz`` = the
+        detector's ``StandardMode``), ``pred_label`` ``(K,)`` int64, ``pred_score`` ``(K,)`` float32, ``box_mode``
+        ``"xyzxyz"``, and when the item has them ``box`` ``(N, 2 * spatial_dims)`` (same frame and mode) and
+        ``label`` ``(N,)``. All tensors are on the CPU. :class:`medbundle.detection.handlers.DetectionReport` and
+        ``DetectionWriter`` read this.
     """
 
     def __init__(
@@ -371,6 +382,7 @@ class DetectionEvaluator(Evaluator):
             out: dict[str, Any] = {
                 "image_meta": image_meta(it, engine.image_key),
                 "seriesuid": it.get("seriesuid"),
+                "image_id": it.get("image_id"),
                 "pred_box": pred[det.target_box_key].detach().float().cpu(),
                 "pred_label": pred[det.target_label_key].detach().long().cpu(),
                 "pred_score": pred[det.pred_score_key].detach().float().cpu(),

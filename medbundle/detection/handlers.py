@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from monai.utils import min_version, optional_import
 
 from medbundle.data.streaming import FailedItem, InferencePlan
@@ -37,7 +36,8 @@ from medbundle.detection.boxes import (
     corners_from_centre_size,
 )
 from medbundle.detection.luna16 import detections_to_luna16_rows
-from medbundle.distributed import is_rank0
+from medbundle.distributed import gather_unique, is_rank0
+from medbundle.handlers.report import EvaluationReport
 from medbundle.handlers.streaming import StreamingWriter
 from medbundle.io.luna16_csv import RESULT_COLUMNS
 from medbundle.io.results import ResultTables, TableSpec
@@ -111,29 +111,6 @@ def detection_records(output: Any, affine_lps_to_ras: bool = True, start: int = 
         rec["gt_label"] = to_numpy(gt_label, dtype=np.int64).reshape(-1)
         records.append(rec)
     return records
-
-
-def _gather(objs: list) -> list:
-    """All ranks' lists concatenated in rank order (the list itself when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return objs
-    world = torch.distributed.get_world_size()
-    if world == 1:
-        return objs
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, objs)
-    return [o for part in parts for o in part]
-
-
-def _dedupe(records: list[dict]) -> list[dict]:
-    """Keep the first record of each seriesuid (a DistributedSampler pads ranks with repeated items)."""
-    seen: set[str] = set()
-    out = []
-    for r in records:
-        if r["seriesuid"] not in seen:
-            seen.add(r["seriesuid"])
-            out.append(r)
-    return out
 
 
 def _table(uids: list[str], xyz: np.ndarray, last: np.ndarray, last_name: str) -> dict[str, np.ndarray]:
@@ -268,7 +245,7 @@ class DetectionMetric(Metric):  # type: ignore[misc, valid-type]
         self._records.extend(detection_records(output, self.affine_lps_to_ras, start=len(self._records)))
 
     def compute(self) -> float:
-        records = _dedupe(_gather(self._records))
+        records = gather_unique(self._records, "seriesuid")
         result = evaluate_detections(records, self.classes, self.iou_thresholds, froc=self.key == "cpm",
                                      excluded=self.excluded)
         value = float(result[self.key])
@@ -306,7 +283,7 @@ def _at_rate(by_size: Mapping[str, Any] | None, rate: float) -> dict[str, float]
     return {name: s["sensitivities"][i] for name, s in by_size["strata"].items()}
 
 
-class DetectionReport:
+class DetectionReport(EvaluationReport):
     """Collect an evaluator run's detections and ground truth; write ``metrics.json`` and ``froc.png``.
 
     Args:
@@ -347,7 +324,7 @@ class DetectionReport:
         output_transform: Callable = lambda x: x,
         size_edges: Sequence[float] | None = (10.0,),
     ) -> None:
-        self.output_dir = Path(output_dir) if output_dir else None
+        super().__init__(output_dir, save_best_metric_key, metric_prefix, output_transform)
         self.size_edges = None if size_edges is None else tuple(float(e) for e in size_edges)
         self.classes = list(classes)
         self.iou_thresholds = tuple(iou_thresholds)
@@ -355,56 +332,28 @@ class DetectionReport:
         self.excluded = excluded
         self.n_bootstraps = int(n_bootstraps)
         self.seed = seed
-        self.save_best_metric_key = save_best_metric_key
-        self.metric_prefix = metric_prefix
         self.affine_lps_to_ras = affine_lps_to_ras
-        self.output_transform = output_transform
-        self._records: list[dict] = []
-        self._best = -math.inf
-        self.report: dict | None = None
 
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
-
-    def _reset(self, engine: Any) -> None:
-        self._records = []
-
-    def state_dict(self) -> dict[str, float]:
-        """The best ``save_best_metric_key`` value written so far (kept by a resumed training)."""
-        return {"best": float(self._best)}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        """Continue from :meth:`state_dict`: files are rewritten only for a better epoch."""
-        self._best = float(state["best"])
-
-    def _collect(self, engine: Any) -> None:
-        self.collect(self.output_transform(engine.state.output))
-
-    def collect(self, output: Any) -> None:
-        """Add an evaluator output (list of per-image dicts) to the run."""
-        self._records.extend(detection_records(output, self.affine_lps_to_ras, start=len(self._records)))
+    def records(self, output: Any, start: int) -> list[dict]:
+        """:func:`detection_records` of an evaluator output."""
+        return detection_records(output, self.affine_lps_to_ras, start=start)
 
     def compute(self, n_bootstraps: int | None = None) -> dict[str, Any]:
         """Evaluate what was collected (all ranks); see :func:`evaluate_detections`."""
-        records = _dedupe(_gather(self._records))
+        records = gather_unique(self._records, "seriesuid")
         return evaluate_detections(
             records, self.classes, self.iou_thresholds, froc=self.froc, excluded=self.excluded,
             n_bootstraps=self.n_bootstraps if n_bootstraps is None else n_bootstraps, seed=self.seed,
             size_edges=self.size_edges,
         )
 
-    def _complete(self, engine: Any) -> None:
+    def evaluate_epoch(self) -> tuple[dict[str, float], dict[str, Any]]:
+        """CPM, mAP and mAR without bootstrap (the written report bootstraps again when ``n_bootstraps``)."""
         result = self.compute(n_bootstraps=0)
-        for key in ("cpm", "map", "mar"):
-            engine.state.metrics[f"{self.metric_prefix}{key}"] = result[key]
-        if self.save_best_metric_key is not None:
-            value = engine.state.metrics.get(self.save_best_metric_key)
-            if value is None or not math.isfinite(float(value)) or float(value) <= self._best:
-                return
-            self._best = float(value)
-        self.write(result if self.n_bootstraps == 0 else None, epoch=int(engine.state.epoch))
+        return {key: result[key] for key in ("cpm", "map", "mar")}, result
+
+    def write_epoch(self, result: dict[str, Any], epoch: int) -> dict[str, Any] | None:
+        return self.write(result if self.n_bootstraps == 0 else None, epoch=epoch)
 
     def write(self, result: dict[str, Any] | None = None, epoch: int | None = None) -> dict[str, Any] | None:
         """Compute (unless ``result`` is given) and, on rank 0 with an ``output_dir``, write the files.
@@ -484,6 +433,8 @@ class DetectionWriter(StreamingWriter):
     ``file, reason, seriesuid`` of the scans that failed.
     """
 
+    item_key = "seriesuid"
+
     def __init__(
         self,
         output_dir: str | Path,
@@ -508,15 +459,6 @@ class DetectionWriter(StreamingWriter):
         self.marks_table = TableSpec(results_csv, tuple(RESULT_COLUMNS), 0)
         self.results = ResultTables(self.output_dir, TableSpec(seriesuids_csv, None, 0), (self.marks_table,),
                                     TableSpec("skipped.csv", ("file", "reason", "seriesuid"), 2))
-        self._n = 0
-
-    @property
-    def key_field(self) -> str:
-        return "seriesuid"
-
-    def start(self, engine: Any = None) -> None:
-        self._n = 0
-        super().start(engine)
 
     def skipped_row(self, failed: FailedItem) -> list[str]:
         try:
@@ -527,8 +469,9 @@ class DetectionWriter(StreamingWriter):
 
     def item_results(self, engine: Any) -> Iterable[tuple[list[str], dict[str, list[list[str]]]]]:
         """Write the JSON of every image in the iteration's output; yield its ledger line and CSV rows."""
-        records = detection_records(self.output_transform(engine.state.output), self.affine_lps_to_ras, start=self._n)
-        self._n += len(records)
+        records = detection_records(self.output_transform(engine.state.output), self.affine_lps_to_ras,
+                                    start=self.n_seen)
+        self.n_seen += len(records)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         frame = "LPS world mm (LUNA16)" if self.affine_lps_to_ras else "world mm (frame of the image affine)"
         for r in records:

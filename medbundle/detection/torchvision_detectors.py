@@ -50,6 +50,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from medbundle.detection.anchors import DEFAULT_ANCHOR_SIZES, DEFAULT_ASPECT_RATIOS
@@ -63,6 +64,7 @@ __all__ = [
     "RETINANET_ANCHOR_SIZES",
     "FCOS_ANCHOR_SIZES",
     "TorchvisionDetector",
+    "FixedSizeTransform",
     "OHEMRegionProposalNetwork",
     "OHEMRoIHeads",
     "select_hard_examples",
@@ -203,10 +205,27 @@ def _anchor_generator(
     return AnchorGenerator(tuple(sizes), tuple(ratios))
 
 
+class FixedSizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detection input transform without its resize: images are normalised and padded into a batch
+    (to a multiple of ``size_divisible``) at the size they come in.
+
+    torchvision's detectors rescale every image so that its shorter side is ``min_size`` (at most ``max_size`` for the
+    longer side), in training and inference, and rescale the boxes back. A MONAI bundle sizes its images in its own
+    preprocessing (and caches them at that size); a second resize inside the model would rescale the training crops
+    of a patch-based recipe to ``min_size`` and cost time for nothing. With this transform what the preprocessing
+    gives is what the network sees, crops and whole images alike.
+    """
+
+    def resize(
+        self, image: Tensor, target: Optional[dict[str, Tensor]] = None  # noqa: UP045 (TorchScript reads it)
+    ) -> tuple[Tensor, Optional[dict[str, Tensor]]]:  # noqa: UP045
+        return image, target
+
+
 def _transform_kwargs(
     in_channels: int,
-    min_size: int,
-    max_size: int,
+    min_size: int | None,
+    max_size: int | None,
     image_mean: Sequence[float] | None,
     image_std: Sequence[float] | None,
 ) -> dict[str, Any]:
@@ -218,9 +237,23 @@ def _transform_kwargs(
         )
     if min(std) <= 0:
         raise ValueError(f"image_std must be > 0, got {std}.")
+    if (min_size is None) != (max_size is None):
+        raise ValueError(f"give both min_size and max_size (torchvision's resize) or neither (no resize), got "
+                         f"min_size={min_size}, max_size={max_size}.")
+    if min_size is None:
+        return {"min_size": 1, "max_size": 1, "image_mean": mean, "image_std": std}
     if min_size < 1 or max_size < min_size:
         raise ValueError(f"need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}.")
     return {"min_size": int(min_size), "max_size": int(max_size), "image_mean": mean, "image_std": std}
+
+
+def _fix_size(model: nn.Module, min_size: int | None) -> nn.Module:
+    """Without ``min_size``, replace the model's input transform by :class:`FixedSizeTransform`."""
+    if min_size is None:
+        t = model.transform
+        model.transform = FixedSizeTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
+                                             size_divisible=t.size_divisible)
+    return model
 
 
 def _check_classes(num_classes: int) -> int:
@@ -579,8 +612,8 @@ def faster_rcnn(
     trainable_layers: int = 5,
     anchor_sizes: Sequence[Sequence[float]] = DEFAULT_ANCHOR_SIZES,
     aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
-    min_size: int = 1024,
-    max_size: int = 1024,
+    min_size: int | None = None,
+    max_size: int | None = None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     rpn_ohem: bool | Mapping[str, Any] | None = None,
@@ -600,8 +633,9 @@ def faster_rcnn(
             (P2-P5 and the max-pooled P6); every level the same count
             (:func:`medbundle.detection.anchors.propose_anchors` proposes them from the training boxes).
         aspect_ratios: Anchor ``height / width`` ratios, used on every level (or one tuple per level).
-        min_size, max_size: torchvision's internal resize; set both to the training image size (its longer side) so
-            that images are not rescaled.
+        min_size, max_size: torchvision's internal resize (shorter side to ``min_size``, longer at most ``max_size``,
+            boxes scaled back); None (default): no internal resize (:class:`FixedSizeTransform`): the bundle's
+            preprocessing sizes the images, and training crops stay at their size.
         image_mean, image_std: Per-channel normalisation inside the model (default 0 and 1: the bundle normalises
             intensities itself).
         rpn_ohem: None/False: torchvision's random anchor sampling; True or a dict ``{"neg_pos_ratio": float|None,
@@ -643,7 +677,7 @@ def faster_rcnn(
         model.rpn = OHEMRegionProposalNetwork.from_rpn(model.rpn, **rpn_opts)
     if roi_opts is not None:
         model.roi_heads = OHEMRoIHeads.from_roi_heads(model.roi_heads, **roi_opts)
-    return model
+    return _fix_size(model, min_size)
 
 
 def retinanet(
@@ -654,8 +688,8 @@ def retinanet(
     trainable_layers: int = 5,
     anchor_sizes: Sequence[Sequence[float]] = RETINANET_ANCHOR_SIZES,
     aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
-    min_size: int = 1024,
-    max_size: int = 1024,
+    min_size: int | None = None,
+    max_size: int | None = None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     **kwargs: Any,
@@ -686,8 +720,9 @@ def retinanet(
     head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes,
                          norm_layer=partial(nn.GroupNorm, 32))
     head.regression_head._loss_type = "giou"  # as retinanet_resnet50_fpn_v2 sets it; no public setter exists
-    return RetinaNet(body, num_classes, anchor_generator=anchors, head=head,
-                     **_transform_kwargs(in_channels, min_size, max_size, image_mean, image_std), **kwargs)
+    return _fix_size(RetinaNet(body, num_classes, anchor_generator=anchors, head=head,
+                               **_transform_kwargs(in_channels, min_size, max_size, image_mean, image_std), **kwargs),
+                     min_size)
 
 
 def fcos(
@@ -697,8 +732,8 @@ def fcos(
     fpn_channels: int = 256,
     trainable_layers: int = 5,
     anchor_sizes: Sequence[Sequence[float]] = FCOS_ANCHOR_SIZES,
-    min_size: int = 1024,
-    max_size: int = 1024,
+    min_size: int | None = None,
+    max_size: int | None = None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     **kwargs: Any,
@@ -726,8 +761,9 @@ def fcos(
     anchors = _anchor_generator(anchor_sizes, (1.0,), 5, "fcos")
     if anchors.num_anchors_per_location()[0] != 1:
         raise ValueError(f"fcos takes one size per level, got anchor_sizes={anchor_sizes}.")
-    return FCOS(body, num_classes, anchor_generator=anchors,
-                **_transform_kwargs(in_channels, min_size, max_size, image_mean, image_std), **kwargs)
+    return _fix_size(FCOS(body, num_classes, anchor_generator=anchors,
+                          **_transform_kwargs(in_channels, min_size, max_size, image_mean, image_std), **kwargs),
+                     min_size)
 
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {"faster_rcnn": faster_rcnn, "retinanet": retinanet, "fcos": fcos}
@@ -741,7 +777,8 @@ def build_detector(model: str = "faster_rcnn", num_classes: int = 1, **kwargs: A
         model: ``"faster_rcnn"``, ``"retinanet"`` or ``"fcos"``.
         num_classes: Lesion classes without background.
         **kwargs: The builder's arguments (:func:`faster_rcnn`, :func:`retinanet`, :func:`fcos`), plus the adapter's
-            ``target_box_key``, ``target_label_key``, ``cls_key``, ``box_reg_key``.
+            ``target_box_key``, ``target_label_key``, ``cls_key``, ``box_reg_key``. For ``"fcos"`` (anchor-free)
+            ``aspect_ratios`` is dropped, so that one config serves all three models.
 
     Returns:
         :class:`TorchvisionDetector`.
@@ -749,6 +786,8 @@ def build_detector(model: str = "faster_rcnn", num_classes: int = 1, **kwargs: A
     if model not in _BUILDERS:
         raise ValueError(f"unknown detector model {model!r}; valid: {', '.join(MODELS)}.")
     adapter_kwargs = {k: kwargs.pop(k) for k in _ADAPTER_KEYS if k in kwargs}
+    if model == "fcos":  # anchor-free: one square location per level, so a config's ratios do not apply
+        kwargs.pop("aspect_ratios", None)
     if model != "faster_rcnn":
         for key in ("rpn_ohem", "roi_ohem"):
             if kwargs.get(key) not in (None, False):
@@ -798,7 +837,9 @@ class TorchvisionDetector(nn.Module):
         target_box_key, target_label_key: Keys of the ``(N, 4)`` boxes and ``(N,)`` labels in targets and outputs.
         pred_score_key: ``target_label_key + "_scores"``, the key of the output scores.
         cls_key, box_reg_key: Keys of the summed classification / box losses in the training output.
-        inferer: None (2D images are detected whole; there is no sliding-window inferer).
+
+    There is no ``inferer`` attribute (MONAI's detector has one for its sliding window): radiographs are detected
+    whole, and MONAI Label logs a detector's inferer when the attribute exists.
 
     Args:
         network: torchvision ``FasterRCNN``, ``RetinaNet`` or ``FCOS`` (or a scripted one, for inference). The adapter
@@ -826,7 +867,6 @@ class TorchvisionDetector(nn.Module):
                              f"{self.cls_loss_terms + self.box_loss_terms}, got {cls_key!r}, {box_reg_key!r}.")
         self.cls_key, self.box_reg_key = cls_key, box_reg_key
         self.set_target_keys(target_box_key, target_label_key)
-        self.inferer = None
         if self.kind == "faster_rcnn":
             self.num_classes = int(network.roi_heads.box_predictor.cls_score.out_features) - 1
         else:
@@ -921,7 +961,8 @@ class TorchvisionDetector(nn.Module):
             images: ``(C, X, Y)`` tensors (MONAI layout, first spatial dim = image column x), or ``(B, C, X, Y)``.
             targets: Training only: per image ``{target_box_key: (N, 4) x_min, y_min, x_max, y_max in pixels,
                 target_label_key: (N,) 0-based class}``; ``N`` may be 0 (an image without lesions).
-            use_inferer: Must be False: 2D images are detected whole.
+            use_inferer: Accepted for MONAI's interface (MONAI Label passes True) and ignored: there is no
+                sliding-window inferer, 2D images are detected whole.
 
         Returns:
             Training: dict of every torchvision loss term (scalars) plus ``cls_key`` (sum of the classification
@@ -931,9 +972,6 @@ class TorchvisionDetector(nn.Module):
             ``(K, 4)`` float32 boxes in the input's pixel frame, ``target_label_key`` ``(K,)`` int64 0-based classes,
             ``pred_score_key`` ``(K,)`` float32 scores.
         """
-        if use_inferer:
-            raise ValueError("TorchvisionDetector has no sliding-window inferer: 2D images are detected whole "
-                             "(use_inferer=False).")
         tv_images = self.to_torchvision_images(images)
         if self.training:
             if targets is None:

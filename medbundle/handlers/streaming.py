@@ -102,6 +102,8 @@ class StreamingWriter:
         self.fsync = bool(fsync)
         self.unit = unit
         self._appender: ResultAppender | None = None
+        #: outputs handed to :meth:`item_results` since the run started (names items without a key: ``image_<n>``)
+        self.n_seen = 0
         self._progress: Progress | None = None
         if plan is not None and Path(plan.output_dir).resolve() != self.output_dir.resolve():
             raise ValueError(f"the plan looks for results in {plan.output_dir} but the writer writes to "
@@ -122,9 +124,14 @@ class StreamingWriter:
         """Rank 0, after the merge: write summary files and log what was written (``counts``: rows per table)."""
 
     # ---------------------------------------------------------------------------------------------- engine wiring
+    #: the item field that identifies an item when the subclass fixes it (e.g. ``"seriesuid"``); None: the plan's key
+    item_key: str | None = None
+
     @property
     def key_field(self) -> str:
-        """The item field that identifies an item (the plan's key; ``"filename"`` without a plan)."""
+        """The item field that identifies an item (:attr:`item_key`, else the plan's key, else ``"filename"``)."""
+        if self.item_key is not None:
+            return self.item_key
         return self.plan.key if self.plan is not None else "filename"
 
     def _rank_world(self) -> tuple[int, int]:
@@ -136,7 +143,8 @@ class StreamingWriter:
         engine.add_event_handler(Events.COMPLETED, self.complete)
 
     def start(self, engine: Any = None) -> None:
-        """Remove or merge earlier results (rank 0), wait for it, open this rank's part."""
+        """Remove or merge earlier results (rank 0), wait for it, open this rank's part; :attr:`n_seen` restarts."""
+        self.n_seen = 0
         rank, world = self._rank_world()
         if rank == 0:
             if self.plan is None or self.plan.overwrite:

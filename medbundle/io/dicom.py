@@ -35,6 +35,8 @@ from monai.data import ImageReader, PILReader
 from monai.data.utils import is_supported_format
 from monai.utils import ensure_tuple
 
+from medbundle.io.metaimage import MetaImage, MetaImageReader
+
 __all__ = ["XRAY_META_TAGS", "XrayDicomReader", "XrayImageReader", "xray_readers", "is_dicom_file"]
 
 #: DICOM attributes copied into the metadata (none of them identifies a patient).
@@ -255,11 +257,13 @@ class XrayDicomReader(ImageReader):
 
 
 class XrayImageReader(ImageReader):
-    """One reader for a datalist that mixes PNG/JPEG and DICOM chest radiographs.
+    """One reader for a datalist that mixes PNG/JPEG, MetaImage and DICOM chest radiographs.
 
     Each file goes to :class:`XrayDicomReader` when it starts with the DICOM ``DICM`` magic (or ends in
-    ``.dcm``/``.dicom``/``.dic``), otherwise to MONAI's ``PILReader``; both give the same axis order
-    (``reverse_indexing``). Routing inside one reader, rather than listing two readers for ``LoadImage``
+    ``.dcm``/``.dicom``/``.dic``), to :class:`~medbundle.io.metaimage.MetaImageReader` when it ends in
+    ``.mha``/``.mhd`` (NODE21's preprocessed images), otherwise to MONAI's ``PILReader``; all give the same
+    axis order (``reverse_indexing``: first axis = image column) and the DICOM and MetaImage readers give
+    ``meta["spacing"]`` (mm per pixel). Routing inside one reader, rather than listing two readers for ``LoadImage``
     to try in turn, avoids an INFO log line and a failed attempt for every file of the other kind.
 
     Args:
@@ -271,10 +275,12 @@ class XrayImageReader(ImageReader):
         super().__init__()
         self.dicom = XrayDicomReader(reverse_indexing=reverse_indexing, no_window=no_window)
         self.pil = PILReader(reverse_indexing=reverse_indexing)
+        # MetaImageReader's own reverse_indexing=False is the (x, y) order that reverse_indexing=True gives here
+        self.mha = MetaImageReader(reverse_indexing=not reverse_indexing)
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        """True for PNG/JPEG/BMP and DICOM suffixes."""
-        return self.pil.verify_suffix(filename) or self.dicom.verify_suffix(filename)
+        """True for PNG/JPEG/BMP, MetaImage and DICOM suffixes."""
+        return any(r.verify_suffix(filename) for r in (self.pil, self.dicom, self.mha))
 
     def _is_dicom(self, name: str | os.PathLike) -> bool:
         return Path(name).suffix.lower().lstrip(".") in _DICOM_SUFFIXES or is_dicom_file(name)
@@ -289,6 +295,8 @@ class XrayImageReader(ImageReader):
             )
         if kinds == {True}:
             return self.dicom.read(data, **kwargs)
+        if self.mha.verify_suffix(data):
+            return self.mha.read(data, **kwargs)
         for n in names:
             if not os.path.isfile(n):
                 raise ValueError(f"{n}: file not found.")
@@ -298,8 +306,12 @@ class XrayImageReader(ImageReader):
         """Delegate to the reader that read ``img``; PIL arrays are returned as float32 in [0, 255]."""
         from pydicom.dataset import Dataset
 
-        if isinstance(img[0] if isinstance(img, (list, tuple)) else img, Dataset):
+        first = img[0] if isinstance(img, (list, tuple)) else img
+        if isinstance(first, Dataset):
             return self.dicom.get_data(img)
+        if isinstance(first, MetaImage):
+            arr, meta = self.mha.get_data(img)
+            return np.asarray(arr, dtype=np.float32), meta
         arr, meta = self.pil.get_data(img)
         return np.asarray(arr, dtype=np.float32), meta
 

@@ -45,6 +45,7 @@ __all__ = [
     "write_mhd",
     "read_mhd",
     "read_mhd_header",
+    "MetaImage",
     "MetaImageReader",
     "CTMetaImageReader",
     "luna16_readers",
@@ -342,7 +343,7 @@ def read_mhd(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 # MONAI reader
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
-class _MetaImage:
+class MetaImage:
     """One MetaImage read by :class:`MetaImageReader`: the array ``(X, Y, Z)`` and its parsed header."""
 
     array: np.ndarray
@@ -389,7 +390,7 @@ class MetaImageReader(ImageReader):
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
         """Read one file (returns one image object) or several (a list)."""
         names = ensure_tuple(data)
-        images = [_MetaImage(*read_mhd(n)) for n in names]
+        images = [MetaImage(*read_mhd(n)) for n in names]
         return images if len(names) > 1 else images[0]
 
     @staticmethod

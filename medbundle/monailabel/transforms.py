@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -81,9 +82,12 @@ class ClassScoresd(MapTransform):
 class DetectionResultd(MapTransform):
     """Put a detector's boxes, scores and labels into ``d[result_key]`` as JSON-ready lists.
 
-    ``box``: voxel ``xyzxyz`` boxes on the preprocessed grid (what ``RetinaNetDetector`` returns);
-    ``box_world``: world ``[x, y, z, w, h, d]`` in mm (LPS, as LUNA16) from the image's affine;
-    ``score`` and ``label`` per box, highest score first.
+    3D (6 box values): ``box``: voxel ``xyzxyz`` boxes on the preprocessed grid (what ``RetinaNetDetector``
+    returns); ``box_world``: world ``[x, y, z, w, h, d]`` in mm (LPS, as LUNA16) from the image's affine.
+    2D (4 box values, a radiograph detector): ``box``: ``[x_min, y_min, x_max, y_max]`` in pixels of the preprocessed
+    image; ``box_image``: the same in pixels of the image as stored (the preprocessing only resized it); ``box_mm``:
+    those times the pixel spacing the reader found (None without one, e.g. PNG).
+    Both: ``score`` and ``label`` per box, highest score first.
     """
 
     def __init__(self, box_key: str = "box", label_key: str = "label", score_key: str = "label_scores",
@@ -93,22 +97,41 @@ class DetectionResultd(MapTransform):
         self.ref_image, self.result_key, self.affine_lps_to_ras = ref_image, result_key, affine_lps_to_ras
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from medbundle.detection.boxes import corner_boxes_to_world
-
         d = dict(data)
-        boxes = torch.as_tensor(d[self.box_key]).detach().cpu().reshape(-1, 6).double()
+        ref = d.get(self.ref_image)
+        raw = torch.as_tensor(d[self.box_key]).detach().cpu().double()
+        dims = raw.shape[-1] // 2 if raw.ndim == 2 and raw.shape[-1] in (4, 6) else (
+            ref.ndim - 1 if isinstance(ref, torch.Tensor) and ref.ndim in (3, 4) else 3)
+        boxes = raw.reshape(-1, 2 * dims)
         scores = torch.as_tensor(d.get(self.score_key, torch.zeros(len(boxes)))).detach().cpu().reshape(-1)
         labels = torch.as_tensor(d.get(self.label_key, torch.zeros(len(boxes)))).detach().cpu().reshape(-1)
         order = torch.argsort(scores, descending=True)
         boxes, scores, labels = boxes[order], scores[order], labels[order]
-        ref = d.get(self.ref_image)
-        affine = ref.affine if isinstance(ref, MetaTensor) else torch.eye(4)
-        world = corner_boxes_to_world(boxes.numpy(), affine, self.affine_lps_to_ras)
         result = dict(d.get(self.result_key) or {})
-        result.update({"box": boxes.tolist(), "box_world": world.tolist(), "score": scores.tolist(),
-                       "label": [int(v) for v in labels.tolist()]})
+        result.update({"box": boxes.tolist(), "score": scores.tolist(), "label": [int(v) for v in labels.tolist()]})
+        if dims == 3:
+            from medbundle.detection.boxes import corner_boxes_to_world
+
+            affine = ref.affine if isinstance(ref, MetaTensor) else torch.eye(4)
+            result["box_world"] = corner_boxes_to_world(boxes.numpy(), affine, self.affine_lps_to_ras).tolist()
+        else:
+            result.update(_image_and_mm_boxes(boxes.numpy(), ref))
         d[self.result_key] = result
         return d
+
+
+def _image_and_mm_boxes(boxes: np.ndarray, ref: Any) -> dict[str, Any]:
+    """2D boxes in pixels of the stored image (``meta["spatial_shape"]`` against the current shape) and in mm."""
+    meta = ref.meta if isinstance(ref, MetaTensor) else {}
+    shape = np.asarray(ref.shape[1:] if isinstance(ref, torch.Tensor) else [1, 1], dtype=np.float64)
+    read = np.asarray(meta.get("spatial_shape", shape), dtype=np.float64).reshape(-1)[:2]
+    image = boxes / np.tile(shape / read, 2)
+    spacing = meta.get("spacing")
+    mm = None
+    if spacing is not None:
+        sp = np.asarray(spacing, dtype=np.float64).reshape(-1)[:2]
+        mm = (image * np.tile(sp, 2)).tolist() if sp.size == 2 and np.all(sp > 0) else None
+    return {"box_image": image.tolist(), "box_mm": mm}
 
 
 class StringItemsAsided(MapTransform):
