@@ -290,9 +290,9 @@ def _check_torchvision_detector(net: Any, x: Any, spec: Mapping[str, Any], prof:
     if k and (det["boxes"].min() < 0 or det["boxes"][:, 2].max() > w or det["boxes"][:, 3].max() > h):
         raise AssertionError("boxes reach outside the image")
     return CheckResult("verify_net_in_out", True,
-                       f"torchvision detector check instead of MONAI's verify_net_in_out (the network takes a list of "
-                       f"images and returns boxes): input {spec['num_channels']}x{'x'.join(map(str, x.shape[2:]))} "
-                       f"{spec.get('dtype')}, {k} boxes (K, 4) with labels and scores inside the image ({prof.note})")
+                       f"detector forward check instead of MONAI's verify_net_in_out (a torchvision detector takes a "
+                       f"list of images and returns boxes): input {spec['num_channels']}x"
+                       f"{'x'.join(map(str, x.shape[2:]))} {spec.get('dtype')}, {k} boxes (K, 4) with labels and scores inside the image ({prof.note})")
 
 
 def _check_export(bundle: Path, meta: dict, prof: VerifyProfile, tmp: Path) -> CheckResult:
