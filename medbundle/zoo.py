@@ -292,7 +292,8 @@ def _check_torchvision_detector(net: Any, x: Any, spec: Mapping[str, Any], prof:
     return CheckResult("verify_net_in_out", True,
                        f"detector forward check instead of MONAI's verify_net_in_out (a torchvision detector takes a "
                        f"list of images and returns boxes): input {spec['num_channels']}x"
-                       f"{'x'.join(map(str, x.shape[2:]))} {spec.get('dtype')}, {k} boxes (K, 4) with labels and scores inside the image ({prof.note})")
+                       f"{'x'.join(map(str, x.shape[2:]))} {spec.get('dtype')}, {k} boxes (K, 4) with labels and "
+                       f"scores inside the image ({prof.note})")
 
 
 def _check_export(bundle: Path, meta: dict, prof: VerifyProfile, tmp: Path) -> CheckResult:
