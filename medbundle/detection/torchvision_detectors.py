@@ -321,6 +321,35 @@ def _masked_mean(values: Tensor, mask: Tensor, n: Tensor) -> Tensor:
     return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum() / n
 
 
+def _ohem_means(
+    cls_loss: Tensor,
+    box_loss: Tensor,
+    target: Tensor,
+    labels: Sequence[Tensor],
+    sampler: Any,
+    neg_pos_ratio: float | None,
+    min_negatives: int,
+) -> tuple[Tensor, Tensor]:
+    """The classification and box losses averaged over the examples OHEM keeps, image by image.
+
+    ``cls_loss`` / ``box_loss`` are per example (anchors or RoIs of all images, concatenated in ``labels``' order);
+    each image keeps :func:`select_hard_examples` of ``cls + box`` with ``sampler``'s batch size and positive
+    fraction. Both means divide by the number of kept examples, as torchvision divides by its sampled ones.
+    """
+    per_example = (cls_loss + box_loss).detach()
+    kept_pos, kept_neg = [], []
+    counts = [int(lab.numel()) for lab in labels]
+    for loss_i, lab_i in zip(per_example.split(counts), target.split(counts)):
+        p, n = select_hard_examples(loss_i, lab_i, sampler.batch_size_per_image, sampler.positive_fraction,
+                                    neg_pos_ratio, min_negatives)
+        kept_pos.append(p)
+        kept_neg.append(n)
+    keep_pos = torch.cat(kept_pos)
+    keep = keep_pos | torch.cat(kept_neg)
+    n_kept = keep.sum().clamp(min=1).to(cls_loss.dtype)
+    return _masked_mean(cls_loss, keep, n_kept), _masked_mean(box_loss, keep_pos, n_kept)
+
+
 def _ohem_options(options: bool | Mapping[str, Any] | None, allowed: tuple[str, ...], where: str) -> dict | None:
     """Config value of ``rpn_ohem`` / ``roi_ohem``: None/False (off), True (defaults) or a dict of options."""
     if options is None or options is False:
@@ -402,18 +431,7 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
             (pos,),
             F.smooth_l1_loss(pred_bbox_deltas[pos], reg_target[pos], beta=1 / 9, reduction="none").sum(1).to(bce.dtype),
         )
-        per_anchor = (bce + box).detach()
-        kept_pos, kept_neg = [], []
-        counts = [int(lab.numel()) for lab in labels]
-        for loss_i, lab_i in zip(per_anchor.split(counts), target.split(counts)):
-            p, n = select_hard_examples(loss_i, lab_i, self.fg_bg_sampler.batch_size_per_image,
-                                        self.fg_bg_sampler.positive_fraction, self.neg_pos_ratio, self.min_negatives)
-            kept_pos.append(p)
-            kept_neg.append(n)
-        keep_pos = torch.cat(kept_pos)
-        keep = keep_pos | torch.cat(kept_neg)
-        n_kept = keep.sum().clamp(min=1).to(bce.dtype)
-        return _masked_mean(bce, keep, n_kept), _masked_mean(box, keep_pos, n_kept)
+        return _ohem_means(bce, box, target, labels, self.fg_bg_sampler, self.neg_pos_ratio, self.min_negatives)
 
 
 def _rpn_args(rpn: RegionProposalNetwork) -> tuple:
@@ -576,18 +594,7 @@ class OHEMRoIHeads(RoIHeads):
             F.smooth_l1_loss(deltas[pos, target[pos]], reg_target[pos], beta=1 / 9, reduction="none").sum(1)
             .to(ce.dtype),
         )
-        per_roi = (ce + box).detach()
-        kept_pos, kept_neg = [], []
-        counts = [int(lab.numel()) for lab in labels]
-        for loss_i, lab_i in zip(per_roi.split(counts), target.split(counts)):
-            p, n = select_hard_examples(loss_i, lab_i, self.fg_bg_sampler.batch_size_per_image,
-                                        self.fg_bg_sampler.positive_fraction, self.neg_pos_ratio, self.min_negatives)
-            kept_pos.append(p)
-            kept_neg.append(n)
-        keep_pos = torch.cat(kept_pos)
-        keep = keep_pos | torch.cat(kept_neg)
-        n_kept = keep.sum().clamp(min=1).to(ce.dtype)
-        return _masked_mean(ce, keep, n_kept), _masked_mean(box, keep_pos, n_kept)
+        return _ohem_means(ce, box, target, labels, self.fg_bg_sampler, self.neg_pos_ratio, self.min_negatives)
 
 
 def _roi_args(heads: RoIHeads) -> tuple:

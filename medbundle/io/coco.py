@@ -31,31 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from medbundle.metrics.validation import check_corner_boxes_2d
 from medbundle.utils import to_numpy
 
 __all__ = ["coco_detections", "coco_ground_truth", "write_coco_json"]
-
-
-def _corner_boxes(boxes: Any, name: str) -> np.ndarray:
-    """``(K, 4)`` float64 corner boxes; any empty input (``[]``, ``np.zeros((0, 4))``) is ``(0, 4)``."""
-    arr = to_numpy(boxes, name)
-    if arr.size == 0:
-        return np.zeros((0, 4))
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(
-            f"{name} must have shape (K, 4) with corner boxes (x_min, y_min, x_max, y_max) in pixels; "
-            f"got shape {arr.shape}."
-        )
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite coordinates.")
-    bad = np.flatnonzero(np.any(arr[:, 2:] < arr[:, :2], axis=1))
-    if bad.size:
-        raise ValueError(
-            f"{name}: box {int(bad[0])} is {arr[bad[0]].tolist()}, whose max corner lies below its min corner; "
-            "boxes must be (x_min, y_min, x_max, y_max), not (x, y, width, height)."
-        )
-    return arr
 
 
 def _labels(labels: Any, n: int, name: str, n_classes: int | None) -> np.ndarray:
@@ -132,7 +111,7 @@ def coco_ground_truth(
             raise ValueError(f"image_sizes[{i}] must be (width, height) in pixels, both > 0; got {size.tolist()}.")
         width, height = int(size[0]), int(size[1])
         images.append({"id": i + 1, "file_name": str(image_names[i]), "width": width, "height": height})
-        boxes = _corner_boxes(gt_boxes[i], f"gt_boxes[{i}]")
+        boxes = check_corner_boxes_2d(gt_boxes[i], f"gt_boxes[{i}]")
         labels = _labels(gt_labels[i], boxes.shape[0], f"gt_labels[{i}]", len(names))
         outside += int(np.count_nonzero((boxes[:, 2] > width) | (boxes[:, 3] > height)))
         for box, label in zip(boxes, labels):
@@ -187,7 +166,7 @@ def coco_detections(
     _check_lengths(n_images, pred_scores=len(pred_scores), pred_labels=len(pred_labels))
     out: list[dict[str, Any]] = []
     for i in range(n_images):
-        boxes = _corner_boxes(pred_boxes[i], f"pred_boxes[{i}]")
+        boxes = check_corner_boxes_2d(pred_boxes[i], f"pred_boxes[{i}]")
         scores = to_numpy(pred_scores[i], f"pred_scores[{i}]").astype(np.float64).reshape(-1)
         if scores.size != boxes.shape[0]:
             raise ValueError(

@@ -34,6 +34,7 @@ from medbundle.io.luna16_csv import (
     read_seriesuids,
 )
 from medbundle.metrics.detection import box_iou
+from medbundle.metrics.validation import check_corner_boxes_2d
 from medbundle.utils import to_jsonable, to_numpy
 
 __all__ = [
@@ -567,28 +568,6 @@ NODE21_IOU_THRESHOLD = 0.2
 _EXTRA_HITS = ("ignore", "false_positive")
 
 
-def _image_boxes(boxes: Any, name: str) -> np.ndarray:
-    """``(K, 4)`` float64 corner boxes of one image; any empty input (``[]``, ``np.zeros((0, 4))``) is ``(0, 4)``."""
-    arr = to_numpy(boxes, name)
-    if arr.size == 0:
-        return np.zeros((0, 4))
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(
-            f"{name} must have shape (K, 4) with corner boxes (x_min, y_min, x_max, y_max) in pixels; "
-            f"got shape {arr.shape}."
-        )
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite coordinates.")
-    bad = np.flatnonzero(np.any(arr[:, 2:] < arr[:, :2], axis=1))
-    if bad.size:
-        raise ValueError(
-            f"{name}: box {int(bad[0])} is {arr[bad[0]].tolist()}, whose max corner lies below its min corner; "
-            "boxes must be (x_min, y_min, x_max, y_max), not (x, y, width, height)."
-        )
-    return arr
-
-
 def _match_image(
     boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou_threshold: float, extra_hits: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -724,8 +703,8 @@ def image_froc(
     lesion_score_parts, lesion_image_parts, fp_score_parts, fp_image_parts = [], [], [], []
     n_detections = n_extra = 0
     for i in range(n_images):
-        boxes = _image_boxes(pred_boxes[i], f"pred_boxes[{i}]")
-        gt = _image_boxes(gt_boxes[i], f"gt_boxes[{i}]")
+        boxes = check_corner_boxes_2d(pred_boxes[i], f"pred_boxes[{i}]")
+        gt = check_corner_boxes_2d(gt_boxes[i], f"gt_boxes[{i}]")
         scores = to_numpy(pred_scores[i], f"pred_scores[{i}]").astype(np.float64).reshape(-1)
         if scores.size != boxes.shape[0]:
             raise ValueError(

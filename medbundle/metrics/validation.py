@@ -11,7 +11,13 @@ from numpy.typing import ArrayLike
 
 from medbundle.utils import to_numpy
 
-__all__ = ["check_binary_labels", "check_multilabel_targets", "check_same_shape", "check_scores"]
+__all__ = [
+    "check_binary_labels",
+    "check_corner_boxes_2d",
+    "check_multilabel_targets",
+    "check_same_shape",
+    "check_scores",
+]
 
 
 def check_binary_labels(y: ArrayLike, name: str = "y_true", ndim: int = 1) -> np.ndarray:
@@ -68,3 +74,31 @@ def check_multilabel_targets(y_true: ArrayLike, name: str = "y_true") -> np.ndar
 def check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match.")
+
+
+def check_corner_boxes_2d(boxes: ArrayLike, name: str = "boxes") -> np.ndarray:
+    """``(K, 4)`` float64 corner boxes ``(x_min, y_min, x_max, y_max)`` of one image; any empty input (``[]``,
+    ``np.zeros((0, 4))``) is ``(0, 4)``.
+
+    Raises:
+        ValueError: Another shape, NaN or infinite coordinates, or a max corner below its min corner (the message
+            names ``name`` and the box, and suggests the ``(x, y, width, height)`` mix-up).
+    """
+    arr = to_numpy(boxes, name)
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(
+            f"{name} must have shape (K, 4) with corner boxes (x_min, y_min, x_max, y_max) in pixels; "
+            f"got shape {arr.shape}."
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite coordinates.")
+    bad = np.flatnonzero(np.any(arr[:, 2:] < arr[:, :2], axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{name}: box {int(bad[0])} is {arr[bad[0]].tolist()}, whose max corner lies below its min corner; "
+            "boxes must be (x_min, y_min, x_max, y_max), not (x, y, width, height)."
+        )
+    return arr
