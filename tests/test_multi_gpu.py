@@ -35,7 +35,10 @@ def _torchrun(name: str, work: Path, overrides: list[str], timeout: int = 300) -
     """Run the bundle's training under torchrun (2 processes); return (rank 0 stdout, rank 1 stdout)."""
     cfg = BUNDLES / name / "configs"
     logs = work / "torchrun_logs"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    # PYTHONFAULTHANDLER: a rank killed by a native abort (SIGABRT/SIGSEGV) prints every thread's Python stack into
+    # its log: a teardown crash (once in CI on the slide bundle, not reproduced in 8 runs alone) then shows where
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="")
     root = f"$os.path.join({str(work)!r}, 'rank' + os.environ['RANK'])"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "--redirects", "3", "--log-dir", str(logs),
