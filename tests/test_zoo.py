@@ -84,7 +84,7 @@ def packaged(tmp_path_factory):
     net = ResNetClassifier(depth=10, num_classes=3, widen_factor=0.5)
     torch.save(net.state_dict(), weights / "model.pt")
     out = root / "zoo"
-    assert cli_main(["package", CT, "chest_xray_classification", "--out", str(out),
+    assert cli_main(["package", *ALL, "--out", str(out),
                      "--with-weights", str(root / "weights")]) == 0
     return root, out
 
@@ -92,7 +92,8 @@ def packaged(tmp_path_factory):
 def test_package_writes_zips_and_model_info_with_sha256(packaged):
     _, out = packaged
     info = json.loads((out / "model_info.json").read_text())
-    assert set(info) == {f"{CT}_v{CT_VERSION}", "chest_xray_classification_v0.2.0"}
+    versions = {n: json.loads((BUNDLES / n / "configs" / "metadata.json").read_text())["version"] for n in ALL}
+    assert set(info) == {f"{n}_v{v}" for n, v in versions.items()}  # every bundle, detectors included
     for key, entry in info.items():
         z = out / f"{key}.zip"
         assert entry["source"] == z.name and entry["hash_type"] == "sha256"
