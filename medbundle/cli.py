@@ -256,6 +256,31 @@ def _cmd_froc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_anchors(args: argparse.Namespace) -> int:
+    from medbundle.detection.anchors import propose_anchors
+
+    with open(args.datalist) as f:
+        content = json.load(f)
+    items = content.get(args.split, []) if isinstance(content, dict) else content
+    boxes = [b for it in items for b in (it.get(args.box_key) or [])]
+    if not boxes:
+        print(f"error: {args.datalist}: no '{args.box_key}' boxes in split '{args.split}'", file=sys.stderr)
+        return 2
+    try:
+        prop = propose_anchors(boxes, n_levels=args.n_levels, n_sizes_per_level=args.sizes_per_level,
+                               n_ratios=args.n_ratios, scale=args.scale)
+    except ValueError as e:
+        print(f"error: {args.datalist}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(prop, indent=2))
+        return 0
+    print(f"{prop['n_boxes']} boxes; anchor recall at IoU {prop['iou_threshold']}: proposed "
+          f"{prop['anchor_recall']:.3f}, default {prop['default_anchor_recall']:.3f}")
+    print(f"--anchor_sizes \"{prop['anchor_sizes']}\" --aspect_ratios \"{prop['aspect_ratios']}\"")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medbundle", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -337,6 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="bootstrap seed")
     add("--max-marks", type=int, default=100, help="marks kept per scan (highest probability)")
     s.set_defaults(func=_cmd_froc)
+
+    s = sub.add_parser("anchors", help="anchor sizes and aspect ratios for the 2D detector, fitted to training boxes")
+    s.add_argument("datalist", help="datalist JSON with corner boxes in pixels (e.g. from node21_datalist)")
+    s.add_argument("--split", default="training")
+    s.add_argument("--box-key", default="box", help="item key of the (N, 4) x_min, y_min, x_max, y_max boxes")
+    s.add_argument("--scale", type=float, default=1.0,
+                   help="training image size / original image size (the bundle's image_size / the file's size)")
+    s.add_argument("--n-levels", type=int, default=5, help="FPN levels (5 for Faster R-CNN and RetinaNet)")
+    s.add_argument("--sizes-per-level", type=int, default=1)
+    s.add_argument("--n-ratios", type=int, default=3)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_anchors)
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -432,6 +433,26 @@ def test_propose_anchors_recovers_clusters_and_beats_defaults():
     faster_rcnn(1, backbone="resnet18", fpn_channels=32, anchor_sizes=five["anchor_sizes"],
                 aspect_ratios=five["aspect_ratios"])
 
+
+
+def test_anchors_command_reads_a_datalist(tmp_path, capsys):
+    """``medbundle anchors DATALIST`` proposes from the split's boxes (images without boxes count for nothing)."""
+    from medbundle.cli import main as cli_main
+
+    boxes = _clustered_boxes()
+    items = [{"image": f"i{k}.mha", "box": boxes[k:k + 3].tolist(), "label": [0] * 3} for k in range(0, 360, 3)]
+    items += [{"image": "empty.mha", "box": [], "label": []}]
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"training": items, "validation": [{"image": "v.mha", "box": [[0, 0, 500, 500]]}]}))
+    assert cli_main(["anchors", str(dl), "--n-levels", "3", "--scale", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == propose_anchors(boxes, n_levels=3, scale=2.0)
+    assert cli_main(["anchors", str(dl), "--n-levels", "3"]) == 0
+    text = capsys.readouterr().out
+    at_scale_1 = propose_anchors(boxes, n_levels=3)
+    assert text.startswith("360 boxes") and f'--anchor_sizes "{at_scale_1["anchor_sizes"]}"' in text
+    assert cli_main(["anchors", str(dl), "--split", "testing"]) == 2
+    assert "no 'box' boxes in split 'testing'" in capsys.readouterr().err
 
 def test_anchor_recall_and_errors():
     square = np.array([[0, 0, 32, 32], [10, 10, 26, 26]], dtype=float)
