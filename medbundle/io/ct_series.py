@@ -8,6 +8,9 @@ What this adds over MONAI:
   orders the slices by their position along the slice normal (``ImagePositionPatient`` projected on the
   cross product of the ``ImageOrientationPatient`` vectors) and is safe to share between threads (MONAI's
   keeps per-call state on the reader between ``read`` and ``get_data``).
+- :func:`select_series`: a folder that holds several series (a localizer, a thin and a thick
+  reconstruction, an SR) is split by ``SeriesInstanceUID`` and one series is chosen by a stated rule; the
+  reader logs which one and why, and other code (DICOM SR writers) can ask for the same files.
 - :class:`CTImageReader` / :func:`ct_readers`: one reader for datalists that mix NIfTI files and DICOM
   series folders (``.mhd`` files: :mod:`medbundle.io.metaimage`).
 """
@@ -15,8 +18,10 @@ What this adds over MONAI:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,10 @@ import numpy as np
 from monai.data import ImageReader, NibabelReader, PydicomReader
 from monai.utils import ensure_tuple
 
-__all__ = ["CTImageReader", "CTSeriesReader", "ct_readers", "dicom_position_order"]
+__all__ = ["CTImageReader", "CTSeriesReader", "SeriesInfo", "ct_readers", "dicom_position_order", "list_series",
+           "select_series"]
+
+logger = logging.getLogger("medbundle.io")
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -57,11 +65,162 @@ def dicom_position_order(datasets: Sequence[Any], name: str = "series") -> list[
     return [int(i) for i in order]
 
 
+@dataclass
+class SeriesInfo:
+    """One series found in a folder by :func:`list_series` (headers only; no patient identifier).
+
+    Attributes:
+        uid: SeriesInstanceUID ("" when the files have none).
+        number: SeriesNumber, or None.
+        modality: Modality ("" when absent).
+        files: the series' image files (unordered).
+        frames: image slices in the series: files, or the frames of an enhanced multi-frame file.
+        axial: every file is an axial image: ImageType says AXIAL, or the slice normal lies within 30 degrees of the
+            patient's head-foot axis.
+        localizer: ImageType says LOCALIZER (a scout).
+        thickness: SliceThickness in mm (None when absent).
+    """
+
+    uid: str
+    number: int | None
+    modality: str
+    files: list[str]
+    frames: int
+    axial: bool
+    localizer: bool
+    thickness: float | None
+
+    def describe(self) -> str:
+        """``series 3 (SeriesInstanceUID 1.2..., CT, 120 axial slices, 1.25 mm)``."""
+        kind = "localizer" if self.localizer else ("axial" if self.axial else "non-axial")
+        thick = f", {self.thickness:g} mm" if self.thickness is not None else ""
+        return (f"series {self.number if self.number is not None else '?'} (SeriesInstanceUID {self.uid or '?'}, "
+                f"{self.modality or '?'}, {self.frames} {kind} slices{thick})")
+
+
+def _normal_is_axial(iop: Sequence[Any] | None) -> bool:
+    if iop is None or len(iop) != 6:
+        return False
+    v = np.asarray([float(x) for x in iop], dtype=np.float64)
+    n = np.cross(v[:3], v[3:])
+    norm = float(np.linalg.norm(n))
+    return norm > 0 and abs(n[2]) / norm >= np.cos(np.deg2rad(30.0))
+
+
+def _orientation(ds: Any) -> Any:
+    """ImageOrientationPatient of a classic image, or of an enhanced file's shared/first functional group."""
+    if "ImageOrientationPatient" in ds:
+        return ds.ImageOrientationPatient
+    for seq in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ds.get(seq)
+        if groups and "PlaneOrientationSequence" in groups[0]:
+            return groups[0].PlaneOrientationSequence[0].get("ImageOrientationPatient")
+    return None
+
+
+def _thickness(ds: Any) -> float | None:
+    value = ds.get("SliceThickness")
+    if value in (None, ""):
+        groups = ds.get("SharedFunctionalGroupsSequence")
+        if groups and "PixelMeasuresSequence" in groups[0]:
+            value = groups[0].PixelMeasuresSequence[0].get("SliceThickness")
+    return None if value in (None, "") else float(value)
+
+
+def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
+    """The image series in ``folder`` (not its sub-folders), read from the headers only.
+
+    Files that are not DICOM, or DICOM objects without pixel data (SR, RT plans, waveforms, presentation
+    states), are left out. Files are grouped by ``SeriesInstanceUID``.
+
+    Returns:
+        One :class:`SeriesInfo` per series, in the order of their SeriesInstanceUID.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            continue  # not an image (SR, RT plan, waveform, a non-DICOM file read with force=True)
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((str(path), ds))
+    out = []
+    for uid in sorted(groups):
+        members = groups[uid]
+        first = members[0][1]
+        image_type = {str(v).upper() for ds in (m[1] for m in members) for v in (ds.get("ImageType") or [])}
+        axial = all(
+            "AXIAL" in [str(v).upper() for v in (ds.get("ImageType") or [])] or _normal_is_axial(_orientation(ds))
+            for _, ds in members
+        )
+        number = first.get("SeriesNumber")
+        out.append(SeriesInfo(
+            uid=uid,
+            number=None if number in (None, "") else int(number),
+            modality=str(first.get("Modality", "") or ""),
+            files=[m[0] for m in members],
+            frames=sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in members),
+            axial=axial,
+            localizer="LOCALIZER" in image_type,
+            thickness=_thickness(first),
+        ))
+    return out
+
+
+def _rank(s: SeriesInfo) -> tuple:
+    """Sort key of :func:`select_series`: best first."""
+    thick = s.thickness if s.thickness is not None else float("inf")
+    return (s.modality != "CT", s.localizer, not s.axial, -s.frames, thick, s.number if s.number is not None else 0,
+            s.uid)
+
+
+def select_series(folder: str | os.PathLike) -> tuple[list[str], str]:
+    """Choose the series of a folder that a CT model should read, and say why.
+
+    Rule: among the image series of ``folder`` (:func:`list_series`), prefer CT over other modalities, then
+    non-localizer, then axial images, then the most slices, then the thinnest SliceThickness, then the lowest
+    SeriesNumber (then the SeriesInstanceUID, so the choice is always the same).
+
+    Returns:
+        ``(files, reason)``: the chosen series' files in slice order (:func:`dicom_position_order`; an
+        enhanced multi-frame series is its one file) and one line naming the chosen series (SeriesNumber,
+        SeriesInstanceUID, slice count, thickness) and the ones passed over. No patient identifier.
+
+    Raises:
+        ValueError: ``folder`` holds no DICOM image; the message names the folder.
+    """
+    import pydicom
+
+    series = list_series(folder)
+    if not series:
+        raise ValueError(f"{folder}: no DICOM image series in this folder (non-image objects such as SR are ignored).")
+    ranked = sorted(series, key=_rank)
+    best = ranked[0]
+    if len(ranked) == 1:
+        reason = f"{best.describe()}: the only image series in the folder"
+    else:
+        others = "; ".join(s.describe() for s in ranked[1:])
+        reason = (f"{best.describe()} chosen of {len(ranked)} series (rule: CT, not a localizer, axial, most slices, "
+                  f"thinnest, lowest series number); passed over: {others}")
+    files = best.files
+    if len(files) > 1:
+        headers = [pydicom.dcmread(f, stop_before_pixels=True, force=True) for f in files]
+        files = [files[i] for i in dicom_position_order(headers, f"{folder} ({best.describe()})")]
+    return files, reason
+
+
 class _Series(list):
     """A list of pydicom Datasets (one series) plus the file names and folder they came from."""
 
     filenames: list[str]
     folder: str
+    reason: str | None
 
 
 class CTSeriesReader(PydicomReader):
@@ -81,13 +240,16 @@ class CTSeriesReader(PydicomReader):
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
         """Read a DICOM file, a list of slice files, or a series folder (see ``PydicomReader.read``)."""
         names = ensure_tuple(data)
+        reason = None
         if len(names) == 1 and Path(str(names[0])).is_dir():
             folder = str(names[0])
-            worker = copy.copy(self)
-            img = PydicomReader.read(worker, folder, **kwargs)
-            if not isinstance(img, list):  # a folder with a single slice
+            files, reason = select_series(folder)
+            logger.info("%s: reading %s", folder, reason)
+            if len(files) == 1:
+                img = PydicomReader.read(copy.copy(self), files[0], **kwargs)
                 return img
-            files = [str(f) for f in worker.filenames[0]]
+            worker = copy.copy(self)
+            img = [PydicomReader.read(worker, f, **kwargs) for f in files]
         elif len(names) > 1 and all(Path(str(n)).is_file() for n in names):
             worker = copy.copy(self)
             img = [PydicomReader.read(worker, str(n), **kwargs) for n in names]
@@ -98,6 +260,7 @@ class CTSeriesReader(PydicomReader):
         series = _Series(img[i] for i in order)
         series.filenames = [files[i] for i in order]
         series.folder = folder
+        series.reason = reason
         for rank, ds in enumerate(series, start=1):
             ds.InstanceNumber = rank
         return series
@@ -108,7 +271,10 @@ class CTSeriesReader(PydicomReader):
         if isinstance(img, _Series):
             worker.has_series = True
             worker.filenames = [img.filenames]
-            return PydicomReader.get_data(worker, list(img))
+            array, meta = PydicomReader.get_data(worker, list(img))
+            if img.reason:
+                meta["series_selection"] = img.reason
+            return array, meta
         worker.has_series = False
         worker.filenames = [str(getattr(img, "filename", ""))]
         return PydicomReader.get_data(worker, img)
