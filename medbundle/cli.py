@@ -1,4 +1,4 @@
-"""The ``medbundle`` command: list, demo, prepare, report, froc, verify, package, label-env, label-app."""
+"""The ``medbundle`` command: list, demo, prepare, report, froc, verify, package, label-env, label-app, pacs-infer."""
 
 from __future__ import annotations
 
@@ -235,6 +235,30 @@ def _cmd_label_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pacs_infer(args: argparse.Namespace) -> int:
+    from medbundle.pacs import pacs_infer
+
+    try:
+        overrides = _overrides(args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    modalities = args.modality.split(",") if args.modality else None
+    try:
+        res = pacs_infer(args.bundle, args.dicomweb, args.study, workdir=args.workdir, bundle_root=args.bundle_root,
+                         configs=args.config or (), overrides=overrides, modalities=modalities,
+                         store=not args.no_store)
+    except (ValueError, LookupError, RuntimeError, ImportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    where = f"outputs in {res['output_dir']}" if args.workdir else "outputs removed (pass --workdir to keep them)"
+    if args.no_store:
+        print(f"{len(res['sr_files'])} SR(s) written, not stored; {where}")
+    else:
+        print(f"stored {len(res['stored'])} SR(s) in the study: {', '.join(res['stored'])}; {where}")
+    return 0
+
+
 def _cmd_froc(args: argparse.Namespace) -> int:
     """LUNA16 FROC/CPM from CSV files; prints the summary JSON. Exit 1 when an input file cannot be read or is
     malformed (the message, naming the file, goes to stderr); bad arguments exit 2."""
@@ -349,6 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labelled", type=int, default=12,
                    help="chest X-rays added to the studies with class-label files in <workdir>/labels (for /train)")
     s.set_defaults(func=_cmd_label_app)
+
+    s = sub.add_parser("pacs-infer", help="infer a study held in a DICOMweb archive (QIDO/WADO) with a bundle and "
+                                          "store its DICOM SRs back into the study (STOW)")
+    s.add_argument("bundle", help="bundle name or folder")
+    s.add_argument("--dicomweb", required=True, help="the archive's DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    s.add_argument("--study", required=True, help="Study Instance UID")
+    s.add_argument("--bundle-root", default=None, help="the trained bundle (models/model.pt under it; default: bundle)")
+    s.add_argument("--config", action="append", metavar="JSON",
+                   help="config layered after inference.json, e.g. the bundle's configs/demo.json (repeatable)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    s.add_argument("--modality", default=None,
+                   help="comma-separated series modalities to infer (default: the bundle's input modality)")
+    s.add_argument("--workdir", default=None,
+                   help="keep the retrieved study and the outputs here (default: a temporary folder, removed)")
+    s.add_argument("--no-store", action="store_true", help="write the SRs but do not send them to the archive")
+    s.set_defaults(func=_cmd_pacs_infer)
 
     s = sub.add_parser("froc", help="LUNA16 FROC/CPM of a results CSV",
                        description="LUNA16 FROC: sensitivity at 1/8..8 FPs per scan and CPM (linear interpolation).")

@@ -1,0 +1,171 @@
+"""A real PACS in the loop: Orthanc with its DICOMweb plugin, started here on 127.0.0.1 (``tests/orthanc_server.py``).
+
+One study holds a DX chest radiograph and a 24-slice CT series of the same synthetic patient. The tests check
+the DICOMweb client of ``medbundle.io.dicomweb`` against it (QIDO lists both series, WADO writes them by series with
+the stored pixels and UIDs, STOW files a new instance under the study) and then the round trip of
+``medbundle pacs-infer``: the chest classifier takes only the radiograph, the CT classifier only the CT series,
+each writes its DICOM SR, and the SR is found in Orthanc (QIDO, Modality SR) under the source study, referencing
+the source images. The networks are freshly initialised (``models/model.pt`` saved untrained): the round trip
+does not need a trained model, only the bundles' own inference.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import BUNDLES
+from orthanc_server import require_orthanc, running_orthanc
+
+require_orthanc()
+
+from test_streaming_inference import _fresh_model  # noqa: E402
+
+from medbundle.cli import main  # noqa: E402
+from medbundle.ct.synthetic import write_ct_dicom_series  # noqa: E402
+from medbundle.io.dicomweb import connect, retrieve_study, search_series, store_instances  # noqa: E402
+from medbundle.pacs import bundle_modalities  # noqa: E402
+from medbundle.xray.synthetic import render_chest_image, write_xray_dicom  # noqa: E402
+
+CXR = "chest_xray_classification"
+CT = "ct_volume_classification"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+def _phantom_ct() -> tuple[np.ndarray, np.ndarray]:
+    """A 40 x 40 x 24 RAS volume in HU (air around a water cylinder with a denser blob) and its affine."""
+    x, y, _ = np.meshgrid(np.arange(40), np.arange(40), np.arange(24), indexing="ij")
+    vol = np.full((40, 40, 24), -1000, dtype=np.int16)
+    vol[(x - 20) ** 2 + (y - 20) ** 2 < 15**2] = 0
+    vol[(x - 14) ** 2 + (y - 22) ** 2 < 4**2] = 300
+    return vol, np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def study(orthanc, tmp_path_factory):
+    """Upload one study (a DX radiograph and a CT series) to Orthanc; returns its files and UIDs."""
+    root = tmp_path_factory.mktemp("study")
+    picture = render_chest_image(np.zeros(14), size=96, rng=np.random.default_rng(0))
+    dx_path = write_xray_dicom(root / "dx.dcm", picture, variant=1, uid_seed="medbundle-pacs-test")
+    dx = pydicom.dcmread(dx_path)
+    vol, affine = _phantom_ct()
+    ct_paths = write_ct_dicom_series(root / "ct", vol, affine, "pacs01", np.random.default_rng(0))
+    for path in ct_paths:  # the same patient and study as the radiograph
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.PatientID, ds.PatientName = dx.StudyInstanceUID, dx.PatientID, dx.PatientName
+        ds.save_as(path)
+    answers = orthanc.upload([dx_path, *ct_paths])
+    assert len({a["ParentStudy"] for a in answers}) == 1
+    ct = [pydicom.dcmread(p) for p in ct_paths]
+    return {"uid": str(dx.StudyInstanceUID), "dx": dx, "ct": ct, "dx_path": dx_path}
+
+
+def _sop_uids(folder: Path) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in folder.glob("*.dcm")}
+
+
+def test_qido_lists_the_series_and_wado_writes_them_by_series(orthanc, study, tmp_path):
+    client = connect(orthanc.dicomweb)
+    series = search_series(client, study["uid"])
+    assert sorted((s.modality, s.n_instances) for s in series) == [("CT", 24), ("DX", 1)]
+    assert {s.series_uid for s in series} == {str(study["dx"].SeriesInstanceUID), str(study["ct"][0].SeriesInstanceUID)}
+
+    got = retrieve_study(client, study["uid"], tmp_path / "ct_only", modalities=["CT"])
+    assert [(info.modality, folder.name) for info, folder in got] == [("CT", "series_000")]
+    folder = got[0][1]
+    assert sorted(p.name for p in folder.iterdir()) == [f"{k:05d}.dcm" for k in range(24)]
+    assert _sop_uids(folder) == {str(ds.SOPInstanceUID) for ds in study["ct"]}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in study["ct"]}
+    for path in folder.glob("*.dcm"):  # the stored pixels, transfer syntax and position, unchanged
+        ds = pydicom.dcmread(path)
+        src = by_uid[str(ds.SOPInstanceUID)]
+        np.testing.assert_array_equal(ds.pixel_array, src.pixel_array)
+        assert ds.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID
+        assert [float(v) for v in ds.ImagePositionPatient] == [float(v) for v in src.ImagePositionPatient]
+
+    got = retrieve_study(client, study["uid"], tmp_path / "all")
+    assert sorted(info.modality for info, _ in got) == ["CT", "DX"]
+    dx_folder = next(f for info, f in got if info.modality == "DX")
+    np.testing.assert_array_equal(pydicom.dcmread(dx_folder / "00000.dcm").pixel_array, study["dx"].pixel_array)
+    assert retrieve_study(client, study["uid"], tmp_path / "none", modalities=["MR"]) == []
+
+
+def test_stow_files_a_new_instance_under_the_study(orthanc, study, tmp_path):
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(study["dx_path"])
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesNumber = 99
+    ds.save_as(tmp_path / "copy.dcm")
+    client = connect(orthanc.dicomweb)
+    assert store_instances(client, [tmp_path / "copy.dcm"]) == [str(ds.SOPInstanceUID)]
+    numbers = {s.series_uid: s.number for s in search_series(client, study["uid"])}
+    assert numbers[str(ds.SeriesInstanceUID)] == 99
+    (tmp_path / "not.dcm").write_bytes(b"not DICOM")
+    with pytest.raises(ValueError, match="not.dcm: not a readable DICOM file"):
+        store_instances(client, [tmp_path / "not.dcm"])
+
+
+def test_bundle_modalities_come_from_the_metadata():
+    assert bundle_modalities(CXR) == {"CR", "DX"}
+    assert bundle_modalities("chest_xray_lesion_detection") == {"CR", "DX"}  # its metadata says CR
+    assert bundle_modalities(CT) == {"CT"}
+
+
+def test_pacs_infer_without_a_series_of_the_modality_says_so(orthanc, study, tmp_path, capsys):
+    rc = main(["pacs-infer", CXR, "--dicomweb", orthanc.dicomweb, "--study", study["uid"], "--modality", "MR",
+               "--workdir", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "the study has no series of modality MR for chest_xray_classification" in err
+    assert study["uid"] not in err and "SYN" not in err  # no study or patient identifier in the message
+
+
+def _walk_uids(ds, keyword: str) -> set[str]:
+    """Every value of ``keyword`` anywhere in ``ds`` (nested sequences included)."""
+    found = set()
+    for elem in ds.iterall():
+        if elem.keyword == keyword:
+            found.add(str(elem.value))
+    return found
+
+
+@pytest.mark.parametrize("bundle", [CXR, CT])
+def test_pacs_infer_stores_the_bundles_sr_in_the_source_study(orthanc, study, tmp_path, capsys, bundle):
+    work = tmp_path / "bundle"
+    cfg = BUNDLES / bundle / "configs"
+    _fresh_model(bundle, work, {})
+    rc = main(["pacs-infer", bundle, "--dicomweb", orthanc.dicomweb, "--study", study["uid"],
+               "--bundle-root", str(work), "--config", str(cfg / "demo.json"), "--set", "save_gradcam=False",
+               "--workdir", str(tmp_path / "pacs")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    # only the series of the bundle's modality were inferred: one radiograph, or one CT volume
+    rows = list(csv.DictReader(open(tmp_path / "pacs" / "output" / "predictions.csv")))
+    assert len(rows) == 1
+    srs = sorted((tmp_path / "pacs" / "output" / "sr").glob("*.dcm"))
+    assert len(srs) == 1
+    written = pydicom.dcmread(srs[0])
+    assert f"stored 1 SR(s) in the study: {written.SOPInstanceUID}" in out
+    assert study["uid"] not in out and "SYN" not in out
+
+    # the archive files it under the source study, as an SR series, and it references the inferred images
+    client = connect(orthanc.dicomweb)
+    sr_series = client.search_for_series(study_instance_uid=study["uid"], search_filters={"Modality": "SR"})
+    uids = [s["0020000E"]["Value"][0] for s in sr_series]
+    assert str(written.SeriesInstanceUID) in uids
+    (stored,) = client.retrieve_series(study["uid"], str(written.SeriesInstanceUID))
+    assert stored.SOPInstanceUID == written.SOPInstanceUID and stored.Modality == "SR"
+    assert stored.StudyInstanceUID == study["uid"] and stored.PatientID == study["dx"].PatientID
+    sources = [study["dx"]] if bundle == CXR else study["ct"]
+    referenced = _walk_uids(stored, "ReferencedSOPInstanceUID")
+    assert {str(ds.SOPInstanceUID) for ds in sources} <= referenced
