@@ -16,6 +16,10 @@ Items are ``{"image": path, "label": int, "slide_id": ...}`` plus ``"annotation"
 tumour slides) or ``"mask"``/``"data_provider"``/``"gleason_score"`` (PANDA). A slide listed but missing on
 disk is logged, left out, and recorded under the datalist's ``"missing"`` key; a malformed label stops
 the adapter with the file, line and value.
+
+A slide may also be a DICOM whole-slide image: a folder named as the slide (``training/normal/normal_001/``,
+``train_images/<image_id>/``) holding the VL Whole Slide Microscopy instances of its pyramid levels; the item's
+``"image"`` is then that folder (:mod:`medbundle.pathology.dicom_wsi`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from medbundle.io.datalist import load_datalist, write_datalist
+from medbundle.pathology.dicom_wsi import is_dicom_slide
 
 __all__ = [
     "CAMELYON16_CLASSES",
@@ -118,6 +123,19 @@ def _stratified(labels: Sequence[int], fraction: float, rng: np.random.Generator
     return held
 
 
+def _slide_path(folder: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
+    """``folder/<stem><suffix>`` for the first suffix that exists, else the DICOM slide folder ``folder/<stem>/``."""
+    for s in suffixes:
+        if (folder / f"{stem}{s}").is_file():
+            return folder / f"{stem}{s}"
+    d = folder / stem
+    return d if d.is_dir() and is_dicom_slide(d) else None
+
+
+def _is_slide(p: Path, suffixes: Sequence[str]) -> bool:
+    return (p.is_file() and p.suffix.lower() in suffixes) or (p.is_dir() and is_dicom_slide(p))
+
+
 def _find_annotation(dirs: Sequence[Path], stem: str) -> str | None:
     for d in dirs:
         p = d / f"{stem}.xml"
@@ -168,14 +186,15 @@ def camelyon16_datalist(
         if folder is None:
             continue
         for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() in suffixes:
-                it = {"image": str(p), "label": label, "slide_id": p.stem}
+            if _is_slide(p, suffixes):
+                it = {"image": str(p), "label": label, "slide_id": p.stem if p.is_file() else p.name}
                 ann = _find_annotation(ann_dirs, p.stem) if label == 1 else None
                 if ann:
                     it["annotation"] = ann
                 items.append(it)
     if not items:
-        raise FileNotFoundError(f"{root}: no slides ({', '.join(suffixes)}) in training/normal or training/tumor")
+        raise FileNotFoundError(f"{root}: no slides ({', '.join(suffixes)} or DICOM slide folders) in "
+                                "training/normal or training/tumor")
     rng = np.random.default_rng(seed)
     held = _stratified([it["label"] for it in items], val_fraction, rng)
     out: dict[str, Any] = {
@@ -206,7 +225,7 @@ def camelyon16_datalist(
                 if kind.lower() not in ("tumor", "normal"):
                     raise ValueError(f"{ref}, line {line}: label {kind!r} for {name!r}; expected Tumor or Normal")
                 stem = Path(name).stem
-                path = next((img_dir / f"{stem}{s}" for s in suffixes if (img_dir / f"{stem}{s}").is_file()), None)
+                path = _slide_path(img_dir, stem, suffixes)
                 if path is None:
                     logger.warning("%s, line %d: slide %s not found in %s; left out", ref, line, stem, img_dir)
                     out["missing"].append(str(img_dir / f"{stem}.tif"))
@@ -270,7 +289,7 @@ def panda_datalist(
             grade = float("nan")
         if not (grade == grade and grade.is_integer() and 0 <= grade <= 5):
             raise ValueError(f"{csv_path}, line {line}: isup_grade {r['isup_grade']!r} for {image_id}; expected 0-5")
-        path = next((img_root / f"{image_id}{s}" for s in suffixes if (img_root / f"{image_id}{s}").is_file()), None)
+        path = _slide_path(img_root, image_id, suffixes)
         if path is None:
             logger.warning("%s, line %d: slide %s not found in %s; left out", csv_path, line, image_id, img_root)
             missing.append(str(img_root / f"{image_id}.tiff"))

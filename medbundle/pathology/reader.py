@@ -47,6 +47,7 @@ import numpy as np
 from monai.data.wsi_reader import TiffFileWSIReader
 
 from medbundle.io.files import atomic_write
+from medbundle.pathology.dicom_wsi import is_dicom_slide, resolve_dicom_slide
 from medbundle.pathology.tissue import TissueParams, tissue_mask
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "read_patches",
     "read_region",
     "read_thumbnail",
+    "slide_file",
     "slide_geometry",
     "wsi_reader",
 ]
@@ -300,20 +302,46 @@ def wsi_reader(backend: str = "openslide", **kwargs: Any):
     raise ValueError(f"unknown WSI backend {backend!r}; use 'openslide' or 'tifffile'")
 
 
+def slide_file(path: str | os.PathLike, backend: str = "openslide") -> Path:
+    """The file ``backend`` opens for the slide at ``path``: ``path`` itself, or for a DICOM slide (a folder of
+    VL Whole Slide Microscopy instances, or one ``.dcm`` of the series) its level-0 file, which OpenSlide opens
+    with the other levels of the series in that folder (:mod:`medbundle.pathology.dicom_wsi`).
+
+    Raises:
+        SlideReadError: the slide is missing; a DICOM slide with the ``tifffile`` backend; DICOM files that are
+            not a whole-slide image series OpenSlide reads (one line naming the file and what is wrong).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideReadError(f"{path}: slide file not found")
+    if not is_dicom_slide(path):
+        if path.is_dir():
+            raise SlideReadError(f"{path}: a folder without DICOM files is not a slide")
+        return path
+    if str(backend).lower() != "openslide":
+        raise SlideReadError(f"{path}: a DICOM whole-slide image is read with the openslide backend (OpenSlide >= 4), "
+                             f"not {backend!r}")
+    try:
+        return resolve_dicom_slide(path)
+    except ValueError as e:
+        raise SlideReadError(str(e)) from e
+
+
 @contextmanager
 def open_slide(path: str | os.PathLike, backend: str = "openslide", reader=None):
     """Open a slide: ``with open_slide(path) as (reader, wsi): ...``; closes it afterwards.
+
+    ``path`` is a slide file, or a DICOM slide (its folder or one of its ``.dcm`` files; see :func:`slide_file`).
 
     Raises:
         SlideReadError: the file is missing or the backend cannot read it (message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise SlideReadError(f"{path}: slide file not found")
+    file = slide_file(path, backend)
     reader = reader or wsi_reader(backend)
     wsi = None
     try:
-        wsi = reader.read(str(path))
+        wsi = reader.read(str(file))
         if reader.get_level_count(wsi) < 1 or min(reader.get_size(wsi, 0)) < 1:
             raise ValueError("no image in the file")
     except Exception as e:  # noqa: BLE001 - backend-specific exception types
@@ -519,9 +547,10 @@ class SlideGrid:
                 f"read {self.read_size} px, mpp {self.mpp})")
 
 
-def _file_key(path: Path, params: dict) -> str:
+def _file_key(path: Path, params: dict, slide: Path | None = None) -> str:
     st = path.stat()
-    blob = json.dumps({"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+    blob = json.dumps({"path": str(path.resolve()), "slide": str((slide or path).resolve()), "size": st.st_size,
+                       "mtime_ns": st.st_mtime_ns,
                        "params": params, "version": GRID_CACHE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
 
@@ -586,9 +615,7 @@ def build_slide_grid(
     tissue = TissueParams.of(tissue)
     params = {"patch_size": int(patch_size), "mpp": mpp, "power": power, "mask_mpp": mask_mpp,
               "min_tissue_fraction": min_tissue_fraction, "mpp_rtol": mpp_rtol, **asdict(tissue)}
-    if not path.is_file():
-        raise SlideReadError(f"{path}: slide file not found")
-    key = _file_key(path, params)
+    key = _file_key(slide_file(path, backend), params, slide=path)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
     cache_file = Path(cache_dir) / f"{stem}_{key[:16]}.npz" if cache_dir else None
     if cache_file is not None and cache_file.is_file():

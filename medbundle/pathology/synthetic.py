@@ -46,6 +46,7 @@ __all__ = [
     "SyntheticSlide",
     "generate_camelyon16",
     "generate_panda",
+    "level_tiles",
     "make_slide",
     "tumour_fraction_targets",
     "tumour_share",
@@ -565,6 +566,21 @@ def pyramid_downsamples(height: int, width: int, min_size: int = 256, max_levels
     return ds
 
 
+def level_tiles(render: Callable[[int, int, int, int, int], np.ndarray], downsample: int, height: int, width: int,
+                tile: int = TILE) -> Iterator[np.ndarray]:
+    """The ``(tile, tile, 3)`` uint8 tiles of one pyramid level (``height`` x ``width`` level pixels) in row-major
+    order, rendered by ``render(downsample, y0, x0, h, w)``; edge tiles are padded by repeating the edge."""
+    for ty in range(0, height, tile):
+        for tx in range(0, width, tile):
+            h, w = min(tile, height - ty), min(tile, width - tx)
+            t = render(downsample, ty, tx, h, w)
+            if t.shape != (h, w, 3) or t.dtype != np.uint8:
+                raise ValueError(f"render returned {t.shape} {t.dtype}, expected ({h}, {w}, 3) uint8")
+            if (h, w) != (tile, tile):
+                t = np.pad(t, ((0, tile - h), (0, tile - w), (0, 0)), mode="edge")
+            yield t
+
+
 def write_pyramidal_tiff(
     path: str | os.PathLike,
     height: int,
@@ -602,21 +618,10 @@ def write_pyramidal_tiff(
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
         for i, d in enumerate(ds):
             lh, lw = height // d, width // d
-
-            def tiles(lh: int = lh, lw: int = lw, d: int = d) -> Iterator[np.ndarray]:
-                for ty in range(0, lh, tile):
-                    for tx in range(0, lw, tile):
-                        h, w = min(tile, lh - ty), min(tile, lw - tx)
-                        t = render(d, ty, tx, h, w)
-                        if t.shape != (h, w, 3) or t.dtype != np.uint8:
-                            raise ValueError(f"render returned {t.shape} {t.dtype}, expected ({h}, {w}, 3) uint8")
-                        if (h, w) != (tile, tile):
-                            t = np.pad(t, ((0, tile - h), (0, tile - w), (0, 0)), mode="edge")
-                        yield t
-
             res = 1e4 / (mpp * d)  # pixels per centimetre
             tw.write(
-                tiles(), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                level_tiles(render, d, lh, lw, tile), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile),
+                photometric="rgb",
                 compression="zlib", compressionargs={"level": int(compression_level)},
                 resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=0 if i == 0 else 1,
                 metadata=None, software="medbundle.synthetic_wsi", maxworkers=1,
@@ -629,6 +634,27 @@ def write_synthetic_slide(slide: SyntheticSlide, path: str | os.PathLike, compre
     """Render ``slide`` into a pyramidal tiled TIFF at ``path``."""
     return write_pyramidal_tiff(path, slide.height, slide.width, slide.mpp, slide.render,
                                 downsamples=downsamples, compression_level=compression_level)
+
+
+def _write_slide(slide: SyntheticSlide, path: Path, fmt: str, compression_level: int, dicom_compression: str,
+                 patient_id: str, body_part: str) -> Path:
+    """Write ``slide`` as the TIFF ``path``, or (``fmt="dicom"``) as a DICOM slide folder ``path`` without suffix."""
+    if fmt == "tiff":
+        return write_synthetic_slide(slide, path, compression_level=compression_level)
+    from medbundle.pathology.dicom_wsi import write_dicom_wsi
+
+    folder = path.with_suffix("")
+    write_dicom_wsi(folder, slide.height, slide.width, slide.mpp, slide.render, compression=dicom_compression,
+                    slide_id=folder.name, uid_seed=f"{patient_id}/{folder.name}",
+                    patient={"id": patient_id, "name": patient_id, "body_part": body_part})
+    return folder
+
+
+def _check_format(fmt: str) -> str:
+    fmt = str(fmt).lower()
+    if fmt not in ("tiff", "dicom"):
+        raise ValueError(f"slide format must be 'tiff' or 'dicom', got {fmt!r}")
+    return fmt
 
 
 def write_asap_xml(polygons: Sequence[np.ndarray], path: str | os.PathLike, group: str = "_0") -> Path:
@@ -704,6 +730,8 @@ def generate_camelyon16(
     atypia_range: tuple[float, float] = (0.6, 1.0),
     lymphoid: tuple[float, float] = (0.15, 0.35),
     stain_jitter: float = 0.08,
+    format: str = "tiff",
+    dicom_compression: str = "jpeg",
     **slide_kwargs: Any,
 ) -> dict[str, Any]:
     """Write synthetic slides in the Camelyon16 layout.
@@ -723,6 +751,11 @@ def generate_camelyon16(
     ``reference.csv`` a tumour slide is ``Micro`` when its share is under 1 % (:data:`MICRO_SHARE`),
     ``Macro`` otherwise.
 
+    With ``format="dicom"`` every slide is a DICOM VL Whole Slide Microscopy series instead, in a folder named as
+    the TIFF without its suffix (``training/normal/normal_001/level_0.dcm``, ``level_1.dcm``, ...; see
+    :func:`medbundle.pathology.dicom_wsi.write_dicom_wsi`), with ``dicom_compression`` (``"jpeg"`` or ``"none"``)
+    and a synthetic patient per slide (``PAT<seed><slide number>``); the slides' content and labels are the same.
+
     Args:
         tumour_radius_um: when given, the older, easier layout: 1-3 tumour regions with mean radii drawn from this
             range, whatever share of the tissue they cover (``tumour_fraction``, ``micro_share`` and ``n_tumours`` are
@@ -736,6 +769,7 @@ def generate_camelyon16(
         entry its distribution over the tumour slides.
     """
     root = Path(root)
+    fmt = _check_format(format)
     rng = np.random.default_rng(seed)
     rng_t = np.random.default_rng([seed, 16])  # the tumour sizes, lymphoid areas and stains: own stream
     slides: list[dict[str, Any]] = []
@@ -769,7 +803,7 @@ def generate_camelyon16(
             path = root / "testing" / "images" / f"{name}.tif"
             ann = root / "testing" / "lesion_annotations" / f"{name}.xml"
             reference.append((name, kind, s.tumour_fraction))
-        write_synthetic_slide(s, path, compression_level=compression_level)
+        path = _write_slide(s, path, fmt, compression_level, dicom_compression, f"PAT{seed:04d}{k + 1:04d}", "AXILLA")
         if positive:
             write_asap_xml(s.tumour_polygons, ann)
         slides.append({"path": str(path), "label": int(positive), "split": split, "name": name,
@@ -816,6 +850,8 @@ def generate_panda(
     grades: Sequence[int] | None = None,
     seed: int = 0,
     compression_level: int = 1,
+    format: str = "tiff",
+    dicom_compression: str = "jpeg",
     **slide_kwargs: Any,
 ) -> dict[str, Any]:
     """Write synthetic prostate biopsies in the PANDA layout.
@@ -823,9 +859,11 @@ def generate_panda(
     ``root/train.csv`` (``image_id,data_provider,isup_grade,gleason_score``) and
     ``root/train_images/<image_id>.tiff``. Tissue is 2-4 needle cores; the ISUP grade sets how many tumour
     regions there are, how large, and how atypical (denser, darker nuclei). Grades cycle 0..5 unless
-    ``grades`` is given.
+    ``grades`` is given. ``format="dicom"`` writes ``train_images/<image_id>/`` DICOM slide folders instead, as
+    :func:`generate_camelyon16` does.
     """
     root = Path(root)
+    fmt = _check_format(format)
     rng = np.random.default_rng(seed)
     grades = list(grades) if grades is not None else [i % 6 for i in range(n_slides)]
     if len(grades) != n_slides:
@@ -841,7 +879,7 @@ def generate_panda(
                        **slide_kwargs)
         image_id = f"{_hash2(np.array([k]), np.array([seed]), 99)[0]:016x}"[:32]
         path = root / "train_images" / f"{image_id}.tiff"
-        write_synthetic_slide(s, path, compression_level=compression_level)
+        path = _write_slide(s, path, fmt, compression_level, dicom_compression, f"PAT{seed:04d}{k + 1:04d}", "PROSTATE")
         provider = ("karolinska", "radboud")[k % 2]
         rows.append([image_id, provider, int(g), _GLEASON[int(g)]])
         slides.append({"path": str(path), "image_id": image_id, "isup_grade": int(g), "size": [h, w]})

@@ -75,14 +75,15 @@ class SlideCache:
         self._open: OrderedDict[str, Any] = OrderedDict()
 
     def get(self, path: str):
-        from medbundle.pathology.reader import SlideReadError
+        from medbundle.pathology.reader import SlideReadError, slide_file
 
         if self.reader is None:
             self.reader = wsi_reader(self.backend)
         wsi = self._open.get(path)
         if wsi is None:
+            file = str(slide_file(path, self.backend))
             try:
-                wsi = self.reader.read(path)
+                wsi = self.reader.read(file)
                 self.reader.get_size(wsi, 0)
             except Exception as e:  # noqa: BLE001
                 raise SlideReadError(f"{path}: cannot be read with {self.backend} ({type(e).__name__}: {e})") from e

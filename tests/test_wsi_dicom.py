@@ -1,0 +1,182 @@
+"""DICOM whole-slide images (VL Whole Slide Microscopy): the synthetic writer, reading through OpenSlide, the patch
+grid and bag pixels against the TIFF of the same slide, bad DICOM, the DICOM Camelyon16 layout, and the slide
+bundle's inference on a DICOM slide with its DICOM SR.
+
+Slides are tiny (768 x 1024 px at 1 um/px, two levels), so this runs in seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tifffile")
+pytest.importorskip("openslide")
+pydicom = pytest.importorskip("pydicom")
+
+from medbundle.io.dicom_write import new_dataset, save_dicom  # noqa: E402
+from medbundle.pathology.dicom_wsi import VL_WSI_SOP_CLASS, dicom_slide_levels, write_dicom_wsi  # noqa: E402
+from medbundle.pathology.reader import (  # noqa: E402
+    SlideReadError,
+    build_slide_grid,
+    open_slide,
+    read_patches,
+    slide_geometry,
+)
+from medbundle.pathology.synthetic import make_slide, write_synthetic_slide  # noqa: E402
+
+GRID = {"patch_size": 32, "mpp": 2.0, "mask_mpp": 16.0}
+
+
+def dciodvfy_errors(path) -> list[str]:
+    """The ``Error`` lines dicom3tools' validator prints for ``path`` (the test is skipped without it)."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    """One synthetic tumour slide as a TIFF, an uncompressed DICOM series and a JPEG DICOM series."""
+    root = tmp_path_factory.mktemp("wsi_dicom")
+    s = make_slide(768, 1024, mpp=1.0, seed=11, tumour=True, tumour_radius_um=(150.0, 200.0))
+    tif = write_synthetic_slide(s, root / "slide.tif")
+    raw = write_dicom_wsi(root / "raw", s.height, s.width, s.mpp, s.render, compression="none", slide_id="S-11",
+                          patient={"id": "PAT-RAW-1", "name": "Raw"})
+    jpg = write_dicom_wsi(root / "jpeg", s.height, s.width, s.mpp, s.render, compression="jpeg", slide_id="S-11",
+                          patient={"id": "PAT-JPG-1", "name": "Jpeg"})
+    return root, tif, raw, jpg
+
+
+def test_writer_makes_a_valid_vl_whole_slide_series(slide):
+    _, _, raw, jpg = slide
+    for files, syntax, photometric in ((raw, "1.2.840.10008.1.2.1", "RGB"),
+                                       (jpg, "1.2.840.10008.1.2.4.50", "YBR_FULL_422")):
+        assert len(files) == 2
+        headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
+        for i, ds in enumerate(headers):
+            assert dciodvfy_errors(files[i]) == []
+            assert ds.SOPClassUID == VL_WSI_SOP_CLASS and ds.Modality == "SM"
+            assert ds.file_meta.TransferSyntaxUID == syntax and ds.PhotometricInterpretation == photometric
+            assert ds.DimensionOrganizationType == "TILED_FULL"
+            assert list(ds.ImageType) == (["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if i == 0
+                                          else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"])
+            d = 2 ** i
+            assert (ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns) == (768 // d, 1024 // d)
+            assert ds.NumberOfFrames == -(-768 // d // 256) * -(-1024 // d // 256)
+            spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+            assert [float(v) for v in spacing] == pytest.approx([0.001 * d, 0.001 * d])
+        # one study, series and frame of reference; an instance per level
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "PatientID", "ContainerIdentifier"):
+            assert len({str(getattr(ds, k)) for ds in headers}) == 1, k
+        assert len({ds.SOPInstanceUID for ds in headers}) == 2
+
+
+def test_openslide_reads_the_series_as_the_tiff(slide):
+    _, tif, raw, jpg = slide
+    with open_slide(tif) as (rd, wsi):
+        g_tif = slide_geometry(rd, wsi)
+        full = rd.get_data(wsi, location=(0, 0), size=g_tif.sizes[0], level=0)[0]
+    for source in (raw[0].parent, raw[0], raw[1]):  # the folder, level 0, or another level of the series
+        with open_slide(source) as (rd, wsi):
+            g = slide_geometry(rd, wsi)
+            assert g.sizes == g_tif.sizes == [(768, 1024), (384, 512)]
+            assert g.downsamples == [1.0, 2.0] and g.mpp == pytest.approx(1.0)
+            assert np.array_equal(rd.get_data(wsi, location=(0, 0), size=g.sizes[0], level=0)[0], full)
+    # highdicom reads the same level-0 pixels back
+    hd = pytest.importorskip("highdicom")
+    matrix = hd.imread(str(raw[0])).get_total_pixel_matrix()
+    assert np.array_equal(matrix, np.moveaxis(np.asarray(full), 0, -1))
+    with open_slide(jpg[0].parent) as (rd, wsi):
+        lossy = rd.get_data(wsi, location=(0, 0), size=(768, 1024), level=0)[0].astype(np.int16)
+    diff = np.abs(lossy - np.asarray(full, np.int16))
+    assert 0 < diff.mean() < 4.0  # JPEG at quality 95: close, not equal
+
+
+def test_grid_and_bag_pixels_match_the_tiff(slide, tmp_path):
+    _, tif, raw, jpg = slide
+    ref = build_slide_grid(tif, **GRID, cache_dir=tmp_path / "c")
+    assert len(ref) > 10
+    with open_slide(tif) as (rd, wsi):
+        bag = read_patches(rd, wsi, ref)
+    for source in (raw[0].parent, raw[0], jpg[0].parent):
+        grid = build_slide_grid(source, **GRID, cache_dir=tmp_path / "c")
+        assert grid.path == str(source.resolve())
+        assert np.array_equal(grid.coords, ref.coords) and (grid.level, grid.read_size) == (ref.level, ref.read_size)
+        with open_slide(source) as (rd, wsi):
+            pixels = read_patches(rd, wsi, grid).astype(np.int16)
+        if source.parent.name == "jpeg" or source.name == "jpeg":
+            assert np.abs(pixels - bag).mean() < 4.0
+        else:
+            assert np.array_equal(pixels, bag)
+    # the coordinate cache holds one entry per slide as given (folder and level-0 file are two entries)
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 4
+    assert build_slide_grid(raw[0].parent, **GRID, cache_dir=tmp_path / "c").cache_file is not None
+
+
+def _copy(src_files, dst):
+    dst.mkdir(parents=True)
+    for f in src_files:
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_bad_dicom_gets_one_clear_line(slide, tmp_path):
+    _, _, raw, _ = slide
+    # a DICOM file that is not a whole-slide image
+    ct = new_dataset("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")
+    ct.StudyInstanceUID, ct.SeriesInstanceUID = "1.2.3.5", "1.2.3.6"
+    (tmp_path / "ct").mkdir()
+    save_dicom(ct, tmp_path / "ct" / "slice.dcm")
+    cases = {
+        "ct/slice.dcm": "not a DICOM whole-slide image: SOP class 1.2.840.10008.5.1.4.1.1.2 (CT Image Storage)",
+        "ct": "no VL Whole Slide Microscopy slide level",
+    }
+    # level 0 missing: only the resampled level is left
+    _copy(raw[1:], tmp_path / "no_level0")
+    cases["no_level0"] = "level 0 of slide series"
+    # a TILED_FULL level with frames missing
+    trunc = _copy(raw, tmp_path / "truncated")
+    ds = pydicom.dcmread(str(trunc / "level_1.dcm"))
+    ds.NumberOfFrames = 1
+    ds.PixelData = ds.PixelData[: 256 * 256 * 3]
+    save_dicom(ds, trunc / "level_1.dcm")
+    cases["truncated/level_0.dcm"] = "needs 4 frames, the file has 1"
+    (tmp_path / "garbage.dcm").write_bytes(b"not dicom at all")
+    cases["garbage.dcm"] = "not a readable DICOM file"
+    for rel, expected in cases.items():
+        with pytest.raises(SlideReadError) as e:
+            build_slide_grid(tmp_path / rel, **GRID)
+        msg = str(e.value)
+        assert expected in msg and "\n" not in msg, (rel, msg)
+        assert str(tmp_path) in msg
+    with pytest.raises(SlideReadError, match="read with the openslide backend"):
+        build_slide_grid(raw[0].parent, backend="tifffile", **GRID)
+    assert len(dicom_slide_levels(raw[0].parent)) == 2
+
+
+def test_camelyon16_layout_as_dicom_has_the_same_slides_and_labels(tmp_path):
+    from medbundle.pathology.adapters import camelyon16_datalist
+    from medbundle.pathology.synthetic import generate_camelyon16
+
+    kw = dict(n_train_normal=1, n_train_tumor=1, n_test_normal=1, n_test_tumor=1, size=512, seed=3,
+              tumour_radius_um=(120.0, 160.0))
+    generate_camelyon16(tmp_path / "tif", **kw)
+    summary = generate_camelyon16(tmp_path / "dcm", format="dicom", dicom_compression="none", **kw)
+    a, b = camelyon16_datalist(tmp_path / "tif", val_fraction=0.0), camelyon16_datalist(tmp_path / "dcm",
+                                                                                       val_fraction=0.0)
+    for split in ("training", "testing"):
+        assert [(it["slide_id"], it["label"]) for it in a[split]] == [(it["slide_id"], it["label"]) for it in b[split]]
+        for ta, tb in zip(a[split], b[split]):
+            assert tb["image"].endswith("/" + ta["slide_id"]) and ta.get("annotation", "x")[-8:] == \
+                tb.get("annotation", "x")[-8:]
+            ga, gb = (build_slide_grid(t["image"], **GRID) for t in (ta, tb))
+            assert np.array_equal(ga.coords, gb.coords)
+    ids = {pydicom.dcmread(str(p), stop_before_pixels=True).PatientID
+           for p in (tmp_path / "dcm").rglob("level_0.dcm")}
+    assert len(ids) == 4 and all(i.startswith("PAT") for i in ids)
+    assert all(s["path"].endswith(s["name"]) for s in summary["slides"])
