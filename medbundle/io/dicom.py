@@ -11,8 +11,13 @@ looks nothing like the PNG/JPEG the public datasets ship. :class:`XrayDicomReade
    (``no_window="bits"``) or the image's own min..max (``no_window="minmax"``);
 3. MONOCHROME1 is inverted, so higher = brighter (attenuation white), as in the PNG files;
 4. the result is float32 in [0, 255], the range of the 8-bit PNGs, so one normalisation serves both;
+   a colour capture (RGB, YBR_*) becomes its BT.601 luminance, with ``meta["colour_converted"]`` saying so;
 5. the array has the same axis order as MONAI's ``PILReader`` gives for the same picture: by default
    (``reverse_indexing=True``) shape (columns, rows) = (W, H), i.e. the PIL convention transposed.
+
+Any transfer syntax pydicom can decode with python-gdcm is read, and files without preamble or file-meta header
+(:mod:`medbundle.io.dicom_pixels`); SR, RT plans, waveforms, palette colour and multi-frame files are rejected
+with one line naming the file and the reason.
 
 No patient or study identifier is copied into the metadata: only the whitelisted, non-identifying
 attributes listed in :data:`XRAY_META_TAGS` are.
@@ -35,6 +40,7 @@ from monai.data import ImageReader, PILReader
 from monai.data.utils import is_supported_format
 from monai.utils import ensure_tuple
 
+from medbundle.io.dicom_pixels import decode_pixels, read_dicom, reject_reason
 from medbundle.io.metaimage import MetaImage, MetaImageReader
 
 __all__ = ["XRAY_META_TAGS", "XrayDicomReader", "XrayImageReader", "xray_readers", "is_dicom_file"]
@@ -106,7 +112,8 @@ class XrayDicomReader(ImageReader):
         no_window: What to do when the file has neither a VOI LUT nor a window: ``"bits"`` maps the full range the
             stored bits can hold (after the modality LUT) onto [0, 255] (no per-image stretching); ``"minmax"``
             stretches the image's own min..max onto [0, 255].
-        force: Passed to ``pydicom.dcmread``: read files that lack the DICOM preamble / ``DICM`` magic.
+        force: Kept for compatibility; files that lack the DICOM preamble / ``DICM`` magic or the file-meta header are
+            always read (:func:`~medbundle.io.dicom_pixels.read_dicom`).
 
     Note:
         ``get_data`` returns ``(array, meta)``: ``array`` float32, shape (W, H) (or (H, W) without
@@ -115,7 +122,9 @@ class XrayDicomReader(ImageReader):
         PNG and DICOM items collates), ``filename_or_obj``, ``format = "DICOM"``, ``width``, ``height``,
         ``spacing`` (mm along the returned axes, when PixelSpacing or ImagerPixelSpacing is
         present), ``voi`` (``"lut"``, ``"window"``, ``"bits"`` or ``"minmax"``), ``window_center`` /
-        ``window_width`` (the window applied, in modality units) and the attributes of
+        ``window_width`` (the window applied, in modality units), for a colour capture (RGB, YBR_FULL,
+        YBR_FULL_422, ...) ``voi = "colour"`` and ``colour_converted`` (e.g. ``"RGB->luminance"``: the ITU-R BT.601
+        luminance of the stored 8-bit values is the picture), and the attributes of
         :data:`XRAY_META_TAGS` present in the file. A list of files is stacked on a new first axis.
     """
 
@@ -134,26 +143,19 @@ class XrayDicomReader(ImageReader):
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
         """Read one file or a list of files into pydicom Datasets (pixel data decoded later).
 
-        Raises:
-            ValueError: A file is missing, is not DICOM, or has no pixel data; the message names the file.
-        """
-        import pydicom
-        from pydicom.errors import InvalidDicomError
+        Files without the preamble or file-meta header are read too (:func:`~medbundle.io.dicom_pixels.read_dicom`).
 
+        Raises:
+            ValueError: A file is missing, is not DICOM, or is not a single picture (SR, RT plan, waveform, palette
+                colour, multi-frame: :func:`~medbundle.io.dicom_pixels.reject_reason`); one line naming the file.
+        """
         out = []
         for name in ensure_tuple(data):
             path = str(name)
-            try:
-                ds = pydicom.dcmread(path, force=kwargs.get("force", self.force))
-            except FileNotFoundError:
-                raise ValueError(f"{path}: file not found.") from None
-            except (InvalidDicomError, OSError, EOFError) as e:
-                raise ValueError(
-                    f"{path}: not a readable DICOM file ({e}); expected a DICOM Part 10 file "
-                    "(pass force=True for files without the 128-byte preamble)."
-                ) from e
-            if "PixelData" not in ds:
-                raise ValueError(f"{path}: DICOM file has no pixel data (PixelData element missing).")
+            ds = read_dicom(path)
+            reason = reject_reason(ds)
+            if reason:
+                raise ValueError(f"{path}: {reason}.")
             ds.filename_or_obj = path  # not a DICOM element; keeps the name for get_data
             out.append(ds)
         return out if len(out) > 1 else out[0]
@@ -179,23 +181,11 @@ class XrayDicomReader(ImageReader):
     def _decode(self, ds: Any) -> tuple[np.ndarray, dict]:
         path = getattr(ds, "filename_or_obj", None) or getattr(ds, "filename", None) or "<dataset>"
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            raise ValueError(
-                f"{path}: PhotometricInterpretation {photometric!r} is not a grayscale radiograph; "
-                "XrayDicomReader reads MONOCHROME1/MONOCHROME2 only."
-            )
-        try:
-            stored = ds.pixel_array
-        except Exception as e:  # missing codec, truncated data, ...
-            raise ValueError(
-                f"{path}: cannot decode pixel data ({e}); compressed transfer syntaxes need a pydicom "
-                "decoder plugin (e.g. pip install pylibjpeg pylibjpeg-libjpeg or python-gdcm)."
-            ) from e
-        if stored.ndim != 2:
-            raise ValueError(
-                f"{path}: expected a single-frame 2D image, got pixel array of shape {stored.shape}; "
-                "multi-frame and colour DICOM are not projection radiographs."
-            )
+        stored, note = decode_pixels(ds, path)
+        if note is not None:  # a colour capture: its BT.601 luminance, scaled from the stored range onto [0, 255]
+            bits = int(ds.get("BitsStored", 8) or 8)
+            out = np.clip(stored * (255.0 / (2**bits - 1)), 0.0, 255.0).astype(np.float32)
+            return self._finish(out, ds, path, {"voi": "colour", "colour_converted": note})
         apply_modality_lut, apply_voi_lut = _pixel_functions()
         x = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
 
@@ -228,11 +218,13 @@ class XrayDicomReader(ImageReader):
             meta["voi"] = "minmax"
         if photometric == "MONOCHROME1":
             y = 1.0 - y
-        out = (255.0 * y).astype(np.float32)
+        return self._finish((255.0 * y).astype(np.float32), ds, path, meta)
+
+    def _finish(self, out: np.ndarray, ds: Any, path: str, meta: dict[str, Any]) -> tuple[np.ndarray, dict]:
+        """Axis order, geometry and the whitelisted attributes for the (rows, columns) picture ``out``."""
+        rows, cols = int(out.shape[0]), int(out.shape[1])
         if self.reverse_indexing:
             out = np.ascontiguousarray(out.T)
-
-        rows, cols = int(stored.shape[0]), int(stored.shape[1])
         meta.update(
             {
                 "format": "DICOM",
