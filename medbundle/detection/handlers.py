@@ -37,8 +37,9 @@ from medbundle.detection.boxes import (
 )
 from medbundle.detection.luna16 import detections_to_luna16_rows
 from medbundle.distributed import gather_unique, is_rank0
+from medbundle.handlers.dicom_sr import SRWriter
 from medbundle.handlers.report import EvaluationReport
-from medbundle.handlers.streaming import StreamingWriter
+from medbundle.handlers.streaming import StreamingWriter, batch_field
 from medbundle.io.luna16_csv import RESULT_COLUMNS
 from medbundle.io.results import ResultTables, TableSpec
 from medbundle.utils import to_jsonable, to_numpy
@@ -427,6 +428,10 @@ class DetectionWriter(StreamingWriter):
             (evaluation): every run starts afresh and scans are listed in the order they come (a scan that a
             ``DistributedSampler`` gave to two ranks once).
         progress, fsync: See :class:`~medbundle.handlers.streaming.StreamingWriter`.
+        sr: Optional :class:`~medbundle.handlers.dicom_sr.SRWriter`: for a scan read from DICOM, a TID 1500 SR whose
+            findings are the marks of the CSV (scores at least ``sr.min_score``), each box in the patient frame
+            (LPS mm) with its score (:func:`medbundle.io.dicom_sr.detection_sr`).
+        classes: Class names of the labels (the SR's finding types).
 
     Files: ``<uid>_boxes.json``: ``{"seriesuid", "image", "boxes": [[x, y, z, w, h, d], ...] (world mm cccwhd,
     highest score first), "labels", "scores", "box_mode": "cccwhd", "coordinate_system"}``; ``skipped.csv``:
@@ -446,8 +451,12 @@ class DetectionWriter(StreamingWriter):
         plan: InferencePlan | None = None,
         progress: bool = True,
         fsync: bool = False,
+        sr: SRWriter | None = None,
+        classes: Sequence[str] = ("nodule",),
     ) -> None:
         super().__init__(output_dir, plan=plan, progress=progress, fsync=fsync, unit="scan")
+        self.sr = sr
+        self.classes = list(classes)
         self.results_csv = results_csv
         self.seriesuids_csv = seriesuids_csv
         self.max_marks = max_marks
@@ -471,10 +480,11 @@ class DetectionWriter(StreamingWriter):
         """Write the JSON of every image in the iteration's output; yield its ledger line and CSV rows."""
         records = detection_records(self.output_transform(engine.state.output), self.affine_lps_to_ras,
                                     start=self.n_seen)
+        sources = batch_field(engine, "filename", len(records))
         self.n_seen += len(records)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         frame = "LPS world mm (LUNA16)" if self.affine_lps_to_ras else "world mm (frame of the image affine)"
-        for r in records:
+        for r, source in zip(records, sources):
             uid = r["seriesuid"]
             rows = detections_to_luna16_rows(uid, r["pred_world"], r["pred_score"], self.max_marks)
             values = [[row[c] for c in RESULT_COLUMNS[1:]] for row in rows]
@@ -494,7 +504,21 @@ class DetectionWriter(StreamingWriter):
             }
             with open(self.output_dir / f"{uid}_boxes.json", "w") as fh:
                 json.dump(to_jsonable(content), fh, indent=1)
+            if self.sr is not None:
+                self._write_sr(uid, source or r["filename"], r, order)
             yield [uid], {self.results_csv: [[uid, *[repr(float(v)) for v in vals]] for vals in values]}
+
+    def _write_sr(self, uid: str, source: Any, r: Mapping[str, Any], order: np.ndarray) -> None:
+        """The scan's SR: its CSV marks (highest scores first, at most ``max_marks``, at least ``sr.min_score``)."""
+        from medbundle.io.dicom_sr import detection_sr
+
+        keep = order[: self.max_marks] if self.max_marks is not None else order
+        keep = keep[r["pred_score"][keep] >= self.sr.min_score]
+        boxes = r["pred_world"][keep].copy()
+        if not self.affine_lps_to_ras:  # RAS -> LPS, DICOM's patient frame
+            boxes[:, :2] *= -1.0
+        self.sr.write(uid, source, lambda headers, **algo: detection_sr(
+            headers, boxes, r["pred_score"][keep], r["pred_label"][keep], self.classes, **algo))
 
     def finish(self, counts: Mapping[str, int]) -> None:
         logger.info("wrote %s (%d marks, %d scans listed in %s; %d skipped)", self.output_dir / self.results_csv,

@@ -34,6 +34,7 @@ from monai.utils import min_version, optional_import
 
 from medbundle.data.streaming import FailedItem, InferencePlan
 from medbundle.distributed import gather_unique, is_rank0
+from medbundle.handlers.dicom_sr import SRWriter
 from medbundle.handlers.report import EvaluationReport
 from medbundle.handlers.streaming import StreamingWriter, batch_field
 from medbundle.io.results import ResultTables, TableSpec
@@ -373,6 +374,10 @@ class ImageDetectionWriter(StreamingWriter):
         plan: The run's :class:`~medbundle.data.streaming.InferencePlan` (``done_table="images.csv"``,
             ``key="image_id"``, ``default_key=image_id_of``): resume, shards, input order, progress.
         output_transform, progress, fsync: See :class:`~medbundle.handlers.streaming.StreamingWriter`.
+        sr: Optional :class:`~medbundle.handlers.dicom_sr.SRWriter`: for an image read from DICOM, a TID 1500 SR whose
+            findings are the rows of the CSV (score at least ``score_threshold`` and ``sr.min_score``), each box a
+            rectangle on the source image in its pixels, with class and score
+            (:func:`medbundle.io.dicom_sr.detection_sr`).
 
     Files: ``<image_id>_boxes.json``: ``{"image_id", "image", "size": [width, height], "spacing_mm": [x, y] or null,
     "detections": [{"class", "label", "score", "box": [x_min, y_min, x_max, y_max] (pixels of the stored image),
@@ -393,8 +398,10 @@ class ImageDetectionWriter(StreamingWriter):
         output_transform: Callable = lambda x: x,
         progress: bool = True,
         fsync: bool = False,
+        sr: SRWriter | None = None,
     ) -> None:
         super().__init__(output_dir, plan=plan, progress=progress, fsync=fsync, unit="image")
+        self.sr = sr
         if plan is not None and (plan.done_table != "images.csv" or plan.key != "image_id"):
             raise ValueError(f"the plan must find done images in 'images.csv' by 'image_id'; it has "
                              f"done_table={plan.done_table!r}, key={plan.key!r}")
@@ -417,6 +424,7 @@ class ImageDetectionWriter(StreamingWriter):
         output = self.output_transform(engine.state.output)
         records = image_detection_records(output, start=self.n_seen)
         ids = batch_field(engine, "image_id", len(records))
+        sources = batch_field(engine, "filename", len(records))
         self.n_seen += len(records)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for i, r in enumerate(records):
@@ -443,9 +451,19 @@ class ImageDetectionWriter(StreamingWriter):
                        "detections": dets}
             with open(self.output_dir / f"{iid}_boxes.json", "w") as fh:
                 json.dump(to_jsonable(content), fh, indent=1)
+            if self.sr is not None:
+                keep = order[r["pred_score"][order] >= max(self.score_threshold, self.sr.min_score)]
+                self._write_sr(iid, sources[i] or r["filename"], r, keep)
             if self.overlays:
                 self._overlay(engine, i, iid, output[i])
             yield [iid], {self.table.name: rows}
+
+    def _write_sr(self, iid: str, source: Any, r: Mapping[str, Any], keep: np.ndarray) -> None:
+        """The image's SR: the boxes ``keep`` (those of the CSV, highest score first) in pixels of the stored image."""
+        from medbundle.io.dicom_sr import detection_sr
+
+        self.sr.write(iid, source, lambda headers, **algo: detection_sr(
+            headers, r["pred_box"][keep], r["pred_score"][keep], r["pred_label"][keep], self.classes, **algo))
 
     def _overlay(self, engine: Any, i: int, iid: str, out: Mapping[str, Any]) -> None:
         from medbundle.viz.detection import save_box_overlay
