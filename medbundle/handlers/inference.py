@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from medbundle.handlers.classification import load_thresholds
 from medbundle.handlers.streaming import StreamingWriter, batch_field, engine_outputs
 from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
 from medbundle.utils import to_jsonable
+
+if TYPE_CHECKING:
+    from medbundle.handlers.dicom_sr import SRWriter
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -68,6 +71,8 @@ class PredictionsWriter(StreamingWriter):
         plan: the run's :class:`~medbundle.data.streaming.InferencePlan` (resume, shards, input order).
         progress, fsync: see :class:`~medbundle.handlers.streaming.StreamingWriter`.
         unit: name of one item in the progress line (``"image"``, ``"volume"``).
+        sr: optional :class:`~medbundle.handlers.dicom_sr.SRWriter`: a DICOM SR per item read from DICOM, one finding
+            per class with its probability and the call of the table (:func:`medbundle.io.dicom_sr.classification_sr`).
 
     Raises:
         ValueError: the model gives another number of outputs than ``class_names`` (at the first batch).
@@ -88,8 +93,10 @@ class PredictionsWriter(StreamingWriter):
         progress: bool = True,
         fsync: bool = False,
         unit: str = "image",
+        sr: SRWriter | None = None,
     ) -> None:
         super().__init__(output_dir, plan=plan, dataset=dataset, progress=progress, fsync=fsync, unit=unit)
+        self.sr = sr
         self.multiclass = as_bool(multiclass)
         self.class_names = list(class_names)
         self.thresholds, self.thresholds_source = load_thresholds(thresholds_file, self.class_names)
@@ -123,8 +130,24 @@ class PredictionsWriter(StreamingWriter):
     def item_results(self, engine) -> Iterable[tuple[list[str], Mapping[str, list]]]:
         outputs = engine_outputs(engine)
         preds = [torch.as_tensor(o["pred"]).detach().float().cpu().reshape(-1).numpy() for o in outputs]
-        for name, p in zip(batch_field(engine, self.key_field, len(preds)), preds):
-            yield self.row(str(name), p), {}
+        sources = batch_field(engine, "filename", len(preds))
+        for name, source, p in zip(batch_field(engine, self.key_field, len(preds)), sources, preds):
+            row = self.row(str(name), p)
+            if self.sr is not None:
+                self._write_sr(str(name), source or str(name), row)
+            yield row, {}
+
+    def _write_sr(self, name: str, source: str, row: list[str]) -> None:
+        """The item's SR: the probabilities and calls of its table ``row`` (as written, 6 decimals)."""
+        from medbundle.io.dicom_sr import classification_sr
+
+        n = len(self.class_names)
+        probs = {c: float(v) for c, v in zip(self.class_names, row[1 : 1 + n])}
+        if self.multiclass:
+            calls = {c: c == row[1 + n] for c in self.class_names}
+        else:
+            calls = {c: v == "1" for c, v in zip(self.class_names, row[1 + n:])}
+        self.sr.write(name, source, lambda headers, **algo: classification_sr(headers, probs, calls=calls, **algo))
 
     def records(self) -> list[dict[str, Any]]:
         """The ``predictions.json`` records, read back from the merged table."""
