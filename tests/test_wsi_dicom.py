@@ -7,6 +7,7 @@ Slides are tiny (768 x 1024 px at 1 um/px, two levels), so this runs in seconds 
 
 from __future__ import annotations
 
+import csv
 import shutil
 import subprocess
 
@@ -180,3 +181,93 @@ def test_camelyon16_layout_as_dicom_has_the_same_slides_and_labels(tmp_path):
            for p in (tmp_path / "dcm").rglob("level_0.dcm")}
     assert len(ids) == 4 and all(i.startswith("PAT") for i in ids)
     assert all(s["path"].endswith(s["name"]) for s in summary["slides"])
+
+
+# ---------------------------------------------------------------------------------------------- bundle + SR
+def _sr_findings(path) -> dict[str, tuple[float, bool]]:
+    """``{class: (probability, present)}`` read back from an SR with highdicom."""
+    hd = pytest.importorskip("highdicom")
+    from pydicom.sr.codedict import codes
+
+    sr = hd.sr.srread(str(path))
+    out = {}
+    for group in sr.content.get_image_measurement_groups():
+        name = group.finding_type.meaning
+        (m,) = group.get_measurements(name=codes.DCM.CertaintyOfFinding)
+        (q,) = group.get_qualitative_evaluations()
+        out[name] = (float(m.value), q.value == codes.SCT.Present)
+    return out
+
+
+def test_slide_bundle_trains_on_dicom_slides_infers_and_writes_the_sr(tmp_path):
+    pytest.importorskip("highdicom")
+    from conftest import BUNDLES, config_list, run_bundle
+
+    from medbundle.io.datalist import write_datalist
+    from medbundle.pathology.adapters import camelyon16_datalist
+    from medbundle.pathology.synthetic import generate_camelyon16
+
+    cfg = BUNDLES / "wsi_mil_classification" / "configs"
+    small = {"patch_size": 32, "bag_size": 16, "patch_mpp": 2.0}
+    common = ["--meta_file", str(cfg / "metadata.json"), "--logging_file", str(cfg / "logging.conf"),
+              *[f"--{k}={v}" for k, v in small.items()]]
+    kw = dict(n_train_normal=2, n_train_tumor=2, n_test_normal=1, n_test_tumor=1, size=768, seed=7,
+              tumour_radius_um=(150.0, 250.0), atypia_range=(0.8, 1.0), lymphoid=(0.0, 0.0))
+    generate_camelyon16(tmp_path / "tif", **kw)
+    generate_camelyon16(tmp_path / "dcm", format="dicom", **kw)  # JPEG tiles, as scanners write them
+    # training reads the DICOM layout through the adapter (slide folders) like the TIFF one
+    datalist = write_datalist(camelyon16_datalist(tmp_path / "dcm", val_fraction=0.5, seed=0), tmp_path / "dl.json")
+    work = tmp_path / "bundle"
+    proc = run_bundle(["run", "training", "--config_file", config_list(cfg / "train.json", cfg / "demo.json"),
+                       *common, "--bundle_root", str(work), "--dataset_dir", str(tmp_path / "dcm"),
+                       "--datalist_file", str(datalist), "--num_epochs", "2", "--val_interval", "1"])
+    assert "val_slide_auroc" in proc.stdout + proc.stderr and (work / "models" / "model.pt").is_file()
+    assert sorted(p.name.rsplit("_", 1)[0] for p in (work / "cache" / "coords").glob("*.npz")) == \
+        ["normal_001", "normal_002", "tumor_001", "tumor_002"]
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(tmp_path / "tif" / "training" / "tumor" / "tumor_001.tif", slides / "tumor_001.tif")
+    shutil.copytree(tmp_path / "dcm" / "training" / "tumor" / "tumor_001", slides / "tumor_001_dicom")
+    shutil.copytree(tmp_path / "dcm" / "testing" / "images" / "test_001", slides / "test_001")
+    bad = slides / "not_a_slide"  # a DICOM folder that is no whole-slide image
+    bad.mkdir()
+    ct = new_dataset("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")
+    save_dicom(ct, bad / "ct.dcm")
+    out = tmp_path / "pred"
+    proc = run_bundle(["run", "--config_file", config_list(cfg / "inference.json", cfg / "demo.json"), *common,
+                       "--bundle_root", str(work), "--input", str(slides), "--output_dir", str(out),
+                       "--write_sr", "True"])
+    log = proc.stdout + proc.stderr
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert sorted(rows) == ["test_001", "tumor_001.tif", "tumor_001_dicom"]
+    skipped = list(csv.DictReader(open(out / "skipped.csv")))
+    assert [r["file"].rsplit("/", 1)[-1] for r in skipped] == ["not_a_slide"]
+    assert "no VL Whole Slide Microscopy slide level" in skipped[0]["reason"]
+    # the DICOM slide (JPEG tiles) and the TIFF of the same slide: the same bag, nearly the same probability
+    t, d = rows["tumor_001.tif"], rows["tumor_001_dicom"]
+    assert t["n_patches"] == d["n_patches"] and int(t["n_patches"]) > 10
+    assert float(d["tumor"]) == pytest.approx(float(t["tumor"]), abs=0.01)
+    top = list(csv.DictReader(open(out / "top_patches.csv")))
+    top_t = [r["patch_index"] for r in top if r["file"].endswith("tumor_001.tif")]
+    top_d = [r["patch_index"] for r in top if r["file"].endswith("tumor_001_dicom")]
+    assert len(set(top_t[:4]) & set(top_d)) >= 3  # the most attended patches are the same ones
+    # one SR per DICOM slide, none for the TIFF
+    assert sorted(p.name for p in (out / "sr").iterdir()) == ["test_001.dcm", "tumor_001_dicom.dcm"]
+    for name in ("tumor_001_dicom", "test_001"):
+        path = out / "sr" / f"{name}.dcm"
+        assert dciodvfy_errors(path) == []
+        found = _sr_findings(path)
+        r = rows[name]
+        assert {c: v[0] for c, v in found.items()} == {c: float(r[c]) for c in ("normal", "tumor")}
+        assert [c for c, (_, present) in found.items() if present] == [r["predicted"]]
+        sr = pydicom.dcmread(str(path))
+        levels = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in sorted((slides / name).glob("*.dcm"))]
+        assert sr.PatientID == levels[0].PatientID and sr.StudyInstanceUID == levels[0].StudyInstanceUID
+        (study,) = sr.CurrentRequestedProcedureEvidenceSequence
+        (series,) = study.ReferencedSeriesSequence
+        assert series.SeriesInstanceUID == levels[0].SeriesInstanceUID
+        assert {i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence} == \
+            {ds.SOPInstanceUID for ds in levels}
+        # the patient identity is in the SR only: not in the tables, the JSON or the log
+        for text in (log, *(p.read_text() for p in out.iterdir() if p.suffix in (".csv", ".json"))):
+            assert str(levels[0].PatientID) not in text and str(levels[0].PatientName) not in text

@@ -13,7 +13,9 @@ They read the per-slide attention the :class:`~medbundle.pathology.inference.Sli
 - :class:`SlideOutputsWriter`: ``predictions.csv``/``.json`` (one row per slide), per slide an attention
   heatmap over the thumbnail (PNG), the patches as GeoJSON for QuPath, a mosaic of the ``top_k`` most
   attended patches, ``top_patches.csv``; ``skipped.csv`` lists slides that were unreadable or had no
-  tissue, with the reason.
+  tissue, with the reason; with an enabled SR writer (``--write_sr True``), per DICOM slide a DICOM SR
+  (``sr/<slide>.dcm``: one finding per class with its probability and the call, referencing the slide's
+  instances, carrying its patient and study).
 - :class:`QuadraticKappa`: quadratic-weighted kappa as a key metric for graded models.
 """
 
@@ -23,7 +25,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +42,9 @@ from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
 from medbundle.metrics.roc import midgap_youden_thresholds
 from medbundle.pathology.decisions import QuadraticKappaMetric, check_label_mode, decide
 from medbundle.utils import to_jsonable
+
+if TYPE_CHECKING:
+    from medbundle.handlers.dicom_sr import SRWriter
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -227,7 +232,12 @@ class SlideOutputsWriter(StreamingWriter):
     ``save_maps``) ``<slide>_heatmap.png``, ``<slide>_attention.geojson``, ``<slide>_top_patches.png``, and
     at the end ``predictions.json`` built from the merged table. With a ``plan`` a re-run skips the slides
     in ``predictions.csv`` and ``torchrun`` ranks write parts that rank 0 merges
-    (:class:`~medbundle.handlers.streaming.StreamingWriter`).
+    (:class:`~medbundle.handlers.streaming.StreamingWriter`). With an enabled ``sr`` writer each DICOM slide (a
+    folder or ``.dcm`` of a VL Whole Slide Microscopy series) also gets ``<sr output_dir>/<slide>.dcm``, a DICOM SR
+    from :func:`medbundle.io.dicom_sr.classification_sr`, written before the slide's row: one finding per class
+    with the probability of ``predictions.csv`` and the call (the predicted class present, the others absent),
+    referencing every pyramid level instance of the slide and carrying the slide's patient and study (the
+    patient identity goes nowhere else).
 
     Args:
         output_dir: destination folder.
@@ -243,6 +253,7 @@ class SlideOutputsWriter(StreamingWriter):
         positive_class: binary: the class called when its probability reaches its threshold.
         plan: the run's :class:`~medbundle.data.streaming.InferencePlan`.
         progress, fsync: see :class:`~medbundle.handlers.streaming.StreamingWriter`.
+        sr: the :class:`~medbundle.handlers.dicom_sr.SRWriter` of the DICOM SRs (None or disabled: none written).
     """
 
     extra_outputs = ("predictions.json",)
@@ -252,8 +263,9 @@ class SlideOutputsWriter(StreamingWriter):
                  thresholds_file: str | Path | None = None, dataset=None, save_maps: bool = True, top_k: int = 8,
                  max_side: int = 2048, max_maps: int | None = None, backend: str | None = None,
                  positive_class: int = 1, plan: InferencePlan | None = None, progress: bool = True,
-                 fsync: bool = False) -> None:
+                 fsync: bool = False, sr: SRWriter | None = None) -> None:
         super().__init__(output_dir, plan=plan, dataset=dataset, progress=progress, fsync=fsync, unit="slide")
+        self.sr = sr
         self.class_names = list(class_names)
         self.label_mode = check_label_mode(label_mode)
         thr, self.thresholds_source = load_thresholds(thresholds_file, self.class_names)
@@ -304,15 +316,41 @@ class SlideOutputsWriter(StreamingWriter):
                     self._maps(res, top, safe_stem(res.path), dict(zip(self.class_names, p.tolist())))
                 except Exception as exc:  # noqa: BLE001 - a map that fails leaves the prediction standing
                     logger.warning("no attention maps for %s: %s", key, failure_reason(exc))
+            row = [key, len(res.grid), *[f"{v:.6f}" for v in p], self.class_names[k]]
+            if self.label_mode == "graded":
+                row.append(f"{float((p * np.arange(p.size)).sum()):.4f}")
+            if self.sr is not None and self.sr.enabled:
+                self._sr(res.path, key, row)
             top_rows = []
             for r, i in enumerate(top, start=1):
                 y, x = (int(v) for v in res.grid.coords[i])
                 top_rows.append([key, r, int(i), x, y, int(round(res.grid.footprint)), float(res.attention[i]),
                                  float(res.attention[i] * len(res.grid))])
-            row = [key, len(res.grid), *[f"{v:.6f}" for v in p], self.class_names[k]]
-            if self.label_mode == "graded":
-                row.append(f"{float((p * np.arange(p.size)).sum()):.4f}")
             yield row, {self.top_table.name: top_rows}
+
+    def _sr(self, slide: str, key: str, row: list) -> Path | None:
+        """The slide's SR through :attr:`sr` with the probabilities and call of its table ``row`` (as written, 6
+        decimals); None for a slide that is not DICOM, or when it failed.
+
+        The SR references the slide's pyramid levels (:func:`~medbundle.pathology.dicom_wsi.dicom_slide_levels`:
+        the instances of its series, not every file of its folder); a TIFF or SVS slide gets none (the writer
+        checks the source is DICOM).
+        """
+        from medbundle.io.dicom_sr import classification_sr
+        from medbundle.pathology.dicom_wsi import dicom_slide_levels
+
+        n = len(self.class_names)
+        probabilities = {c: float(v) for c, v in zip(self.class_names, row[2:2 + n])}
+        calls = {c: c == row[2 + n] for c in self.class_names}
+
+        def build(_headers, algorithm_name: str, algorithm_version: str):
+            import pydicom
+
+            headers = [pydicom.dcmread(lv.path, stop_before_pixels=True) for lv in dicom_slide_levels(slide)]
+            return classification_sr(headers, probabilities, calls=calls, algorithm_name=algorithm_name,
+                                     algorithm_version=algorithm_version)
+
+        return self.sr.write(key, slide, build)
 
     def _maps(self, res, top: np.ndarray, stem: str, probs: dict) -> dict[str, str]:
         from PIL import Image
