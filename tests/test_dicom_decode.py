@@ -112,3 +112,87 @@ def test_sniffing_the_codec_of_an_encapsulated_frame():
     assert sniff_transfer_syntax(b"\xff\xd8" + sof55 + sos(0)) == "1.2.840.10008.1.2.4.80"
     assert sniff_transfer_syntax(b"\xff\xd8" + sof55 + sos(2)) == "1.2.840.10008.1.2.4.81"
     assert sniff_transfer_syntax(b"\x01\x00\x00\x00") is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# through the chest X-ray bundle's inference
+# ----------------------------------------------------------------------------------------------------------------------
+def test_meta_to_field_keeps_the_note():
+    import torch
+    from monai.data import MetaTensor
+
+    from medbundle.transforms.fields import MetaToFieldd
+
+    t = MetaToFieldd("image", meta_key="colour_converted", field="note")
+    out = t({"image": MetaTensor(torch.zeros(1, 2, 2), meta={"colour_converted": "RGB->luminance"})})
+    assert out["note"] == "RGB->luminance"
+    assert t({"image": MetaTensor(torch.zeros(1, 2, 2))})["note"] == ""
+
+
+def test_chest_bundle_predicts_every_decodable_file_and_lists_each_rejected_one(cases, tmp_path):
+    """Every grey and colour case gets a prediction (lossless ones equal to the original's), each rejected file
+    exactly one skipped line naming it and its reason."""
+    import csv
+    import json
+    import shutil
+
+    import torch
+    from conftest import BUNDLES, config_list, run_bundle
+    from monai.networks.nets import DenseNet121
+
+    from medbundle.xray.adapters import CHESTXRAY14_FINDINGS
+
+    cfg = BUNDLES / "chest_xray_classification" / "configs"
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    present = {n: c for n, c in cases.items() if c.path.is_file()}
+    for c in present.values():
+        shutil.copy(c.path, folder / c.path.name)
+    inverted = picture(8).max() - picture(8)  # a different picture: predictions must depend on the pixels
+    from dicom_cases import write_gray
+
+    write_gray(folder / "inverted.dcm", inverted, 8, "1.2.826.0.1.3680043.10.1234.99")
+    (folder / "notdicom.dcm").write_text("plain text, no DICOM preamble")
+    work = tmp_path / "bundle"
+    (work / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=len(CHESTXRAY14_FINDINGS))
+    torch.save(net.state_dict(), work / "models" / "model.pt")
+    (work / "models" / "thresholds.json").write_text(json.dumps({"thresholds": dict.fromkeys(CHESTXRAY14_FINDINGS,
+                                                                                              0.5)}))
+    out = tmp_path / "pred"
+    run_bundle(["run", "--config_file", config_list(cfg / "inference.json", cfg / "demo.json"),
+                "--meta_file", str(cfg / "metadata.json"), "--logging_file", str(cfg / "logging.conf"),
+                "--bundle_root", str(work), "--input", str(folder), "--output_dir", str(out),
+                "--save_gradcam", "False"])
+    rows = {r["file"].rsplit("/", 1)[-1][:-4]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    probs = {k: np.array([float(r[c]) for c in CHESTXRAY14_FINDINGS]) for k, r in rows.items()}
+    rejected = {n for n, c in present.items() if c.kind == "reject"} | {"notdicom"}
+    assert set(rows) == {n for n, c in present.items() if c.kind != "reject"} | {"inverted"}
+    # how far another picture moves this (untrained) network's outputs; measured 0.013
+    sensitivity = np.abs(probs["inverted"] - probs["gray8"]).max()
+    assert sensitivity > 1e-3
+    for name, case in present.items():
+        if case.kind == "reject":
+            continue
+        diff = np.abs(probs[name] - probs[case.original]).max()
+        if case.kind == "lossless":
+            assert diff <= 2e-6, (name, diff)  # the CSV's 6 decimals
+        elif case.kind == "lossy":
+            assert diff <= 0.05 * sensitivity, (name, diff)  # measured at most 3.4e-5
+        else:  # colour: the same luminance from RGB, YBR_FULL and 4:2:2 JPEG; the red tint moves it off gray8
+            assert np.abs(probs[name] - probs["rgb"]).max() <= 0.05 * sensitivity, name
+            assert 0 < diff <= 0.5 * sensitivity, (name, diff)
+        note = {"colour": f"{str(read_dicom(case.path).PhotometricInterpretation)}->luminance"}.get(case.kind, "")
+        assert rows[name]["note"] == note, name
+    skipped = list(csv.DictReader(open(out / "skipped.csv")))
+    assert sorted(s["file"].rsplit("/", 1)[-1][:-4] for s in skipped) == sorted(rejected)
+    for s in skipped:
+        name = s["file"].rsplit("/", 1)[-1][:-4]
+        assert "\n" not in s["reason"] and s["file"] in s["reason"], s
+        if name in cases:
+            assert cases[name].expect in s["reason"], s
+    records = json.loads((out / "predictions.json").read_text())
+    notes = {r["file"].rsplit("/", 1)[-1]: r.get("note") for r in records["predictions"]}
+    assert notes["rgb.dcm"] == "RGB->luminance" and notes["gray8.dcm"] is None
+    assert len(records["skipped"]) == len(rejected)

@@ -71,6 +71,9 @@ class PredictionsWriter(StreamingWriter):
         plan: the run's :class:`~medbundle.data.streaming.InferencePlan` (resume, shards, input order).
         progress, fsync: see :class:`~medbundle.handlers.streaming.StreamingWriter`.
         unit: name of one item in the progress line (``"image"``, ``"volume"``).
+        note_key: an item field (e.g. ``"note"``, filled by :class:`~medbundle.transforms.fields.MetaToFieldd` with the
+            reader's ``colour_converted``) shown in a last ``note`` column and, when not empty, as the JSON record's
+            ``note``; None: no such column.
         sr: optional :class:`~medbundle.handlers.dicom_sr.SRWriter`: a DICOM SR per item read from DICOM, one finding
             per class with its probability and the call of the table (:func:`medbundle.io.dicom_sr.classification_sr`).
 
@@ -93,6 +96,7 @@ class PredictionsWriter(StreamingWriter):
         progress: bool = True,
         fsync: bool = False,
         unit: str = "image",
+        note_key: str | None = None,
         sr: SRWriter | None = None,
     ) -> None:
         super().__init__(output_dir, plan=plan, dataset=dataset, progress=progress, fsync=fsync, unit=unit)
@@ -101,11 +105,13 @@ class PredictionsWriter(StreamingWriter):
         self.class_names = list(class_names)
         self.thresholds, self.thresholds_source = load_thresholds(thresholds_file, self.class_names)
         self.filename_key = filename_key
+        self.note_key = note_key
         self.csv_name = csv_name
         if plan is not None and plan.done_table != csv_name:
             raise ValueError(f"the plan's done_table is {plan.done_table!r} but this writer's table is {csv_name!r}")
         tail = ["predicted"] if self.multiclass else [f"{c}_positive" for c in self.class_names]
-        self.table = TableSpec(csv_name, ("file", *self.class_names, *tail), 0)
+        notes = ["note"] if note_key else []
+        self.table = TableSpec(csv_name, ("file", *self.class_names, *tail, *notes), 0)
         self.results = ResultTables(self.output_dir, self.table, skipped=SKIPPED_TABLE)
 
     @property
@@ -118,36 +124,42 @@ class PredictionsWriter(StreamingWriter):
         thr = self.thresholds if self.thresholds_source.endswith(".json") else None
         return self.class_names[int(multiclass_decision(p[None], thr)[0])]
 
-    def row(self, name: str, p: np.ndarray) -> list[str]:
-        """The table row of one image from its probabilities ``(C,)``."""
+    def row(self, name: str, p: np.ndarray, note: str | None = None) -> list[str]:
+        """The table row of one image from its probabilities ``(C,)`` (and its note, with ``note_key``)."""
         if p.shape[0] != len(self.class_names):
             raise ValueError(f"model gives {p.shape[0]} outputs for {len(self.class_names)} class names")
         probs = [f"{v:.6f}" for v in p]
+        notes = [note or ""] if self.note_key else []
         if self.multiclass:
-            return [name, *probs, self._predicted(p)]
-        return [name, *probs, *[str(int(v)) for v in (p >= np.asarray(self.thresholds))]]
+            return [name, *probs, self._predicted(p), *notes]
+        return [name, *probs, *[str(int(v)) for v in (p >= np.asarray(self.thresholds))], *notes]
 
     def item_results(self, engine) -> Iterable[tuple[list[str], Mapping[str, list]]]:
         outputs = engine_outputs(engine)
         preds = [torch.as_tensor(o["pred"]).detach().float().cpu().reshape(-1).numpy() for o in outputs]
         sources = batch_field(engine, "filename", len(preds))
-        for name, source, p in zip(batch_field(engine, self.key_field, len(preds)), sources, preds):
-            row = self.row(str(name), p)
+        notes = batch_field(engine, self.note_key, len(preds)) if self.note_key else [None] * len(preds)
+        for name, source, p, note in zip(batch_field(engine, self.key_field, len(preds)), sources, preds, notes):
+            row = self.row(str(name), p, note)
             if self.sr is not None:
                 self._write_sr(str(name), source or str(name), row)
             yield row, {}
 
     def _write_sr(self, name: str, source: str, row: list[str]) -> None:
         """The item's SR: the probabilities and calls of its table ``row`` (as written, 6 decimals)."""
-        from medbundle.io.dicom_sr import classification_sr
-
         n = len(self.class_names)
         probs = {c: float(v) for c, v in zip(self.class_names, row[1 : 1 + n])}
         if self.multiclass:
             calls = {c: c == row[1 + n] for c in self.class_names}
         else:
             calls = {c: v == "1" for c, v in zip(self.class_names, row[1 + n:])}
-        self.sr.write(name, source, lambda headers, **algo: classification_sr(headers, probs, calls=calls, **algo))
+        self.sr.write(name, source, "classification", probabilities=probs, calls=calls)
+
+    def close(self) -> None:
+        """Close the part files; wait for the DICOM SRs still being made."""
+        super().close()
+        if self.sr is not None:
+            self.sr.wait()
 
     def records(self) -> list[dict[str, Any]]:
         """The ``predictions.json`` records, read back from the merged table."""
@@ -160,6 +172,8 @@ class PredictionsWriter(StreamingWriter):
                 rec["predicted"] = r[1 + n]
             else:
                 rec["positive"] = [c for c, v in zip(self.class_names, r[1 + n:]) if v == "1"]
+            if self.note_key and r[-1]:
+                rec["note"] = r[-1]
             out.append(rec)
         return out
 

@@ -248,6 +248,18 @@ class XrayDicomReader(ImageReader):
         return out, meta
 
 
+class _Unreadable:
+    """A DICOM file :class:`XrayImageReader` cannot use; ``get_data`` raises its one-line ``message``.
+
+    ``LoadImage`` tries its other readers (MONAI's ``PydicomReader``, ...) when ``read`` raises, and then reports only
+    "cannot find a suitable reader", or lets ``PydicomReader`` read a palette-colour or multi-frame file; raising in
+    ``get_data`` instead keeps this reader's reason (e.g. "not an image: Comprehensive SR object") as the error.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
 class XrayImageReader(ImageReader):
     """One reader for a datalist that mixes PNG/JPEG, MetaImage and DICOM chest radiographs.
 
@@ -278,7 +290,11 @@ class XrayImageReader(ImageReader):
         return Path(name).suffix.lower().lstrip(".") in _DICOM_SUFFIXES or is_dicom_file(name)
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
-        """Read with the DICOM reader if every file is DICOM, else with PIL (a mixed list is an error)."""
+        """Read with the DICOM reader if every file is DICOM, else with PIL (a mixed list is an error).
+
+        A DICOM file that cannot be used (not DICOM after all, not an image, palette colour, multi-frame) is returned as
+        a marker whose ``get_data`` raises the one-line reason, so that ``LoadImage`` reports that reason.
+        """
         names = ensure_tuple(data)
         kinds = {self._is_dicom(n) for n in names}
         if len(kinds) > 1:
@@ -286,7 +302,10 @@ class XrayImageReader(ImageReader):
                 f"{list(map(str, names))}: cannot stack DICOM and non-DICOM files into one image."
             )
         if kinds == {True}:
-            return self.dicom.read(data, **kwargs)
+            try:
+                return self.dicom.read(data, **kwargs)
+            except ValueError as e:  # reported by get_data, so LoadImage does not try its other readers
+                return _Unreadable(str(e))
         if self.mha.verify_suffix(data):
             return self.mha.read(data, **kwargs)
         for n in names:
@@ -298,6 +317,8 @@ class XrayImageReader(ImageReader):
         """Delegate to the reader that read ``img``; PIL arrays are returned as float32 in [0, 255]."""
         from pydicom.dataset import Dataset
 
+        if isinstance(img, _Unreadable):
+            raise ValueError(img.message)
         first = img[0] if isinstance(img, (list, tuple)) else img
         if isinstance(first, Dataset):
             return self.dicom.get_data(img)
