@@ -7,13 +7,16 @@ repository), made by ``medbundle label-env .venv-label`` (the README's test comm
 environment, ``python -m monai.bundle run training`` with the demo recipes), laid out in the app's
 ``model/`` folder by :func:`medbundle.monailabel.app.demo_app`, and the server is started on 127.0.0.1 on a free
 port. The tests call ``/info``, ``/infer`` for every bundle, ``PUT /datastore/label`` and ``/train``.
+
+A second server serves the chest and CT classifiers from a real Orthanc (``--studies http://127.0.0.1:PORT/dicom-web``,
+``tests/orthanc_server.py``): its datastore lists the series Orthanc holds, and ``/infer`` on a Series Instance UID
+answers the probabilities of the bundle's own inference on the same DICOM files. Skipped without Orthanc.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from orthanc_server import ORTHANC, dicomweb_plugin, free_port, running_orthanc, stop_process
 
 from medbundle.io.class_labels import read_class_label
 from medbundle.monailabel.app import demo_app, server_command
@@ -40,12 +44,6 @@ WSI = "wsi_mil_classification"
 CXR_DET = "chest_xray_lesion_detection"
 MODELS = [CXR, CT, DET, WSI, CXR_DET]
 N_TRAIN = 12  # labelled chest X-rays uploaded to the datastore for /train
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 10.0) -> dict:
@@ -73,36 +71,56 @@ def _put_label(url: str, image: str, path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def trained(tmp_path_factory):
+    """The demo bundles trained and laid out as a MONAI Label app with a studies folder (``demo_app``)."""
     root = tmp_path_factory.mktemp("label")
-    demo = demo_app(root, VENV, MODELS, n_labelled=N_TRAIN)
-    ids = demo["ids"]
-    port = _free_port()
+    return root, demo_app(root, VENV, MODELS, n_labelled=N_TRAIN)
+
+
+def _wait_for_server(proc: subprocess.Popen, url: str, log: Path) -> dict:
+    """``/info/`` of a starting MONAI Label server; fails the test with its log if it exits or does not answer."""
+    deadline = time.time() + 300
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"MONAI Label exited ({proc.returncode}):\n{log.read_text()[-6000:]}")
+        try:
+            return _get(url + "/info/")
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.time() > deadline:
+                pytest.fail(f"MONAI Label did not answer:\n{log.read_text()[-6000:]}")
+            time.sleep(2)
+
+
+def _server_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    root, demo = trained
+    port = free_port()
     log = open(root / "server.log", "w")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(server_command(VENV, demo["app"], demo["studies"], MODELS, port=port),
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+                            stdout=log, stderr=subprocess.STDOUT, env=_server_env(), cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"MONAI Label exited ({proc.returncode}):\n{(root / 'server.log').read_text()[-6000:]}")
-            try:
-                info = _get(url + "/info/")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline:
-                    pytest.fail(f"MONAI Label did not answer:\n{(root / 'server.log').read_text()[-6000:]}")
-                time.sleep(2)
-        yield url, info, ids, root
+        yield url, _wait_for_server(proc, url, root / "server.log"), demo["ids"], root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
+
+
+def _own_predictions(bundle: Path, source: Path, out: Path, *extra: str) -> dict[str, str]:
+    """The row of ``predictions.csv`` that ``python -m monai.bundle run`` of the served bundle folder writes for
+    ``source`` (main environment)."""
+    import csv
+    import sys
+
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                    str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle), "--input", str(source),
+                    "--output_dir", str(out), *extra], check=True, capture_output=True, timeout=600)
+    (row,) = list(csv.DictReader(open(out / "predictions.csv")))
+    return row
 
 
 def test_info_lists_each_bundle_with_task_and_labels(server):
@@ -163,16 +181,8 @@ def test_infer_returns_the_slide_score_of_the_bundles_own_inference(server, tmp_
     assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
     # the same slide through the same model folder with `python -m monai.bundle run` (main environment):
     # MONAI Label must answer what the bundle itself writes to predictions.csv
-    import csv
-    import sys
-
-    bundle = root / "app" / "model" / WSI
-    out = tmp_path / "pred"
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                    str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-                    "--input", str(root / "studies" / "wsi_case.tif"), "--output_dir", str(out),
-                    "--save_maps", "false"], check=True, capture_output=True, timeout=600)
-    row = next(csv.DictReader(open(out / "predictions.csv")))
+    row = _own_predictions(root / "app" / "model" / WSI, root / "studies" / "wsi_case.tif", tmp_path / "pred",
+                           "--save_maps", "false")
     assert scores["tumor"] == pytest.approx(float(row["tumor"]), abs=1e-4)
     assert scores["normal"] == pytest.approx(float(row["normal"]), abs=1e-4)
 
@@ -211,3 +221,73 @@ def test_train_runs_the_bundle_trainer_on_labels_saved_in_the_datastore(server):
     # and the server answers with the retrained weights
     res = _post(f"{url}/infer/{CXR}?image={ids[CXR]}&output=json")
     assert len(res["prediction"]) == 14
+
+
+# ------------------------------------------------------------------------------ studies held in a PACS (DICOMweb)
+DICOMWEB_MODELS = [CXR, CT]
+
+
+@pytest.fixture(scope="module")
+def dicomweb_server(trained, tmp_path_factory):
+    """MONAI Label with ``--studies http://127.0.0.1:PORT/dicom-web`` of a real Orthanc holding a DX radiograph
+    (MONOCHROME1, windowed: one of the chest demo data's DICOM files) and the CT study volume written as a CT
+    series; the chest and CT classifiers trained for the module's other server, served by one more server."""
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+
+    from medbundle.ct.synthetic import write_ct_dicom_series
+    from medbundle.monailabel.app import env_prefix, prepare_app
+    from medbundle.monailabel.dicomweb import dicomweb_server_env
+
+    if not ORTHANC.is_file() or dicomweb_plugin() is None:
+        pytest.skip(f"Orthanc with its DICOMweb plugin is not installed ({ORTHANC}; apt-get install orthanc "
+                    "orthanc-dicomweb)")
+    if not (VENV / "bin" / "itkimage2segimage").is_file():  # else MONAI Label downloads dcmqi when it starts
+        pytest.skip(f"dcmqi is not installed in {VENV} (medbundle label-env installs it; or {VENV}/bin/pip install "
+                    "dcmqi)")
+    root, demo = trained
+    base = tmp_path_factory.mktemp("label_dicomweb")
+    dicoms = sorted((root / "data" / "ChestXray14" / "images").glob("*.dcm"))
+    dx = next(p for p in dicoms if pydicom.dcmread(p, stop_before_pixels=True).PhotometricInterpretation
+              == "MONOCHROME1")
+    volume = nib.load(demo["studies"] / f"{demo['ids'][CT]}.nii.gz")
+    ct = write_ct_dicom_series(base / "ct", np.asarray(volume.dataobj).astype(np.int16), volume.affine, "label-ct",
+                               np.random.default_rng(0))
+    series = {CXR: str(pydicom.dcmread(dx).SeriesInstanceUID), CT: str(pydicom.dcmread(ct[0]).SeriesInstanceUID)}
+    with running_orthanc(base / "orthanc") as orthanc:
+        orthanc.upload([dx, *ct])
+        app = prepare_app(base / "app", env_prefix(VENV), {n: root / "work" / n for n in DICOMWEB_MODELS})
+        port = free_port()
+        log = open(base / "server.log", "w")
+        proc = subprocess.Popen(server_command(VENV, app, orthanc.dicomweb, DICOMWEB_MODELS, port=port),
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env=dicomweb_server_env(base / "cache", base=_server_env()), cwd=base)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_server(proc, url, base / "server.log")
+            yield url, series, {CXR: dx, CT: base / "ct"}, base
+        finally:
+            stop_process(proc)
+            log.close()
+
+
+def test_dicomweb_datastore_lists_the_series_held_in_orthanc(dicomweb_server):
+    url, _, _, _ = dicomweb_server
+    assert _get(f"{url}/datastore/?output=stats", timeout=60)["total"] == 2  # the DX and the CT series
+
+
+@pytest.mark.parametrize("model", DICOMWEB_MODELS)
+def test_dicomweb_infer_answers_the_bundles_own_probabilities(dicomweb_server, tmp_path, model):
+    """``/infer`` on a Series Instance UID: MONAI Label retrieves the series from Orthanc and answers the class
+    probabilities that the bundle's own inference writes for the same DICOM files (the radiograph read through
+    its VOI window and MONOCHROME1 inversion, the CT series as one volume)."""
+    url, series, sources, base = dicomweb_server
+    res = _post(f"{url}/infer/{model}?image={series[model]}&output=json")
+    scores = {s["label"]: s["score"] for s in res["prediction"]}
+    row = _own_predictions(base / "app" / "model" / model, sources[model], tmp_path / "pred")
+    own = {k.lower(): float(v) for k, v in row.items() if k not in ("file", "note", "predicted")
+           and not k.endswith("_positive")}
+    assert set(scores) == set(own) and len(scores) == (14 if model == CXR else 2)
+    for name, value in own.items():
+        assert scores[name] == pytest.approx(value, abs=2e-6), name  # the CSV holds 6 decimals

@@ -32,7 +32,7 @@ from medbundle.bundle import RUN_STATE_FILES, bundle_dir
 from medbundle.recipes import LabelDemo, get_recipe, recipe_names
 
 __all__ = [
-    "LABEL_PINS", "MONAILABEL_VERSION", "create_label_env", "demo_app",
+    "LABEL_EXTRAS", "LABEL_PINS", "MONAILABEL_VERSION", "create_label_env", "demo_app",
     "demo_studies", "env_prefix", "make_demo_data", "merged_config", "monaibundle_app_source", "prepare_app",
     "prepare_model_dir", "server_command", "train_demo_bundle",
 ]
@@ -42,6 +42,9 @@ MONAILABEL_VERSION = "0.8.5"
 #: (its pydicom-seg import breaks on pydicom 3), and a pandas that runs on the numpy < 2 that
 #: pydicom-seg pins (pandas 3.1 needs numpy 2)
 LABEL_PINS = ("pydicom==2.4.4", "dicomweb-client==0.59.3", "pynetdicom==2.0.2", "pandas<3.1")
+#: installed with them: dcmqi (MIT; its ``itkimage2segimage`` writes DICOM SEG), which MONAI Label's DICOMweb
+#: datastore would otherwise download from GitHub when it starts
+LABEL_EXTRAS = ("dcmqi>=1.3",)
 #: requirements of the monailabel wheel left out of a layered environment: SAM2 (built from source, with
 #: its own PyTorch pins; its models are off with ``--conf sam2 false``). MONAI and its extras stay: pip
 #: finds MONAI in the main environment and adds the extras MONAI Label imports (ITK, ...)
@@ -109,6 +112,8 @@ def prepare_model_dir(
     for config in ("inference.json", "train.json"):
         if (src / "configs" / config).is_file():
             merged = merged_config(src / "configs" / config, overlay_paths, overrides)
+            if config == "inference.json":
+                _read_series_folders(merged)
             (cfg_dir / config).write_text(json.dumps(merged, indent=4) + "\n")
     for o in overlays:  # the overlays are now part of the configs; MONAI Label would not read them anyway
         if (cfg_dir / o).is_file():
@@ -124,6 +129,22 @@ def prepare_model_dir(
             out["channel_def"] = {str(i): c for i, c in enumerate(classes)}
             meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     return dest
+
+
+def _read_series_folders(cfg: dict[str, Any]) -> None:
+    """Put a config's ``readers`` expression inside :func:`medbundle.monailabel.dicomweb.series_folder_readers`, so
+    the bundle also reads the one-file series folders of MONAI Label's DICOMweb datastore."""
+    readers = cfg.get("readers")
+    if not (isinstance(readers, str) and readers.startswith("$")) or "series_folder_readers" in readers:
+        return
+    cfg["readers"] = f"$medbundle.monailabel.dicomweb.series_folder_readers({readers[1:]})"
+    imports = cfg.setdefault("imports", [])
+    if "$import medbundle.monailabel.dicomweb" not in imports:
+        imports.append("$import medbundle.monailabel.dicomweb")
+
+
+#: dcmqi's tool that MONAI Label's DICOMweb datastore downloads from GitHub unless ``<app>/bin`` or ``PATH`` has it
+_DCMQI_TOOL = "itkimage2segimage"
 
 
 def monaibundle_app_source(prefix: str | os.PathLike = sys.prefix) -> Path:
@@ -143,6 +164,10 @@ def prepare_app(
     if app_dir.exists():
         shutil.rmtree(app_dir)
     shutil.copytree(monaibundle_app_source(prefix), app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    tool = Path(prefix) / "bin" / _DCMQI_TOOL
+    if tool.is_file():  # the dcmqi wheel of the label environment (medbundle label-env installs it)
+        (app_dir / "bin").mkdir(exist_ok=True)
+        (app_dir / "bin" / _DCMQI_TOOL).symlink_to(tool.resolve())
     for name, work in bundles.items():
         demo = _label_demo(name, required=False)
         prepare_model_dir(work, app_dir / "model", name, overrides=demo.common if demo else None)
@@ -209,9 +234,9 @@ def create_label_env(
     Steps: ``python -m venv`` with the base interpreter of this environment; a ``.pth`` file that adds this
     environment's site-packages *after* the new one's (so the new environment's pins win); ``pip install
     --no-deps monailabel==<version>``; then ``pip install`` of MONAI Label's requirements (read from the
-    installed wheel, less :data:`_SKIPPED_REQUIREMENTS`) and ``pins``. pip sees the main environment's
-    packages through the ``.pth`` file and installs only what is missing or conflicting; it never changes
-    the main environment. Finally imports ``monailabel``, ``monai``, ``torch`` and ``medbundle`` in the new
+    installed wheel, less :data:`_SKIPPED_REQUIREMENTS`), ``pins`` and :data:`LABEL_EXTRAS`. pip sees the main
+    environment's packages through the ``.pth`` file and installs only what is missing or conflicting; it never
+    changes the main environment. Finally imports ``monailabel``, ``monai``, ``torch`` and ``medbundle`` in the new
     environment and checks the pinned pydicom.
 
     Returns the environment's folder. Raises ``RuntimeError`` with pip's output when a step fails.
@@ -237,7 +262,7 @@ def create_label_env(
     pinned = {_requirement_name(p) for p in pins}
     wanted = [r for r in json.loads(reqs.stdout)
               if _requirement_name(r) not in (*_SKIPPED_REQUIREMENTS, *pinned) and "extra ==" not in r]
-    _run([*pip, *wanted, *pins], "installing MONAI Label's requirements")
+    _run([*pip, *wanted, *pins, *LABEL_EXTRAS], "installing MONAI Label's requirements")
     check = ("import monailabel, monai, torch, medbundle, pydicom, numpy; "
              f"assert pydicom.__version__ == {[p for p in pins if p.startswith('pydicom==')][0][9:]!r}, "
              "pydicom.__version__; print(monailabel.__version__, monai.__version__, torch.__version__)")
