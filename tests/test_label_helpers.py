@@ -66,3 +66,43 @@ def test_prepare_model_dir_writes_merged_configs_and_labels(tmp_path):
     assert not (dest / "configs" / "demo.json").exists()
     with pytest.raises(FileNotFoundError, match="no trained checkpoint"):
         prepare_model_dir(tmp_path / "nothing", tmp_path / "model", "ct_volume_classification")
+
+
+def test_served_bundles_read_one_file_series_folders_of_the_dicomweb_datastore(tmp_path):
+    """MONAI Label's DICOMweb datastore hands a radiograph over as a folder holding its one instance: the served
+    chest config reads it as that file; a CT series folder still reaches the volume reader whole."""
+    import shutil
+
+    from monai.bundle import ConfigParser
+    from monai.transforms import LoadImage
+
+    from medbundle.monailabel.dicomweb import dicomweb_server_env
+    from medbundle.xray.synthetic import write_xray_dicom
+
+    work = tmp_path / "work"
+    (work / "models").mkdir(parents=True)
+    (work / "models" / "model.pt").write_bytes(b"weights")
+    dest = prepare_model_dir(work, tmp_path / "model", "chest_xray_classification")
+    inf = json.loads((dest / "configs" / "inference.json").read_text())
+    assert inf["readers"] == "$medbundle.monailabel.dicomweb.series_folder_readers(medbundle.io.dicom.xray_readers())"
+    assert "$import medbundle.monailabel.dicomweb" in inf["imports"]
+    parser = ConfigParser(inf)
+    readers = parser.get_parsed_content("readers")
+
+    picture = np.tile(np.arange(32, dtype=np.uint8) * 8, (24, 1))
+    series = tmp_path / "series"
+    series.mkdir()
+    path = write_xray_dicom(series / "00000.dcm", picture, variant=1)  # MONOCHROME1, windowed
+    from_folder = LoadImage(reader=readers, image_only=True)(str(series))
+    from_file = LoadImage(reader=readers, image_only=True)(str(path))
+    assert from_folder.shape == (32, 24)  # (columns, rows), as the chest bundle reads a file
+    np.testing.assert_array_equal(from_folder.numpy(), from_file.numpy())
+    np.testing.assert_allclose(from_folder.numpy().T, picture, atol=0.5)  # window and inversion applied
+    shutil.copy(path, series / "00001.dcm")  # two files: not one radiograph; the folder is passed on unchanged
+    assert readers[0].verify_suffix(str(series)) is False
+    assert readers[0].verify_suffix(str(path)) is True
+
+    env = dicomweb_server_env(tmp_path / "cache", base={})
+    assert env == {"MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI": "false",
+                   "MONAI_LABEL_DICOMWEB_CACHE_PATH": str((tmp_path / "cache").resolve()),
+                   "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": "{}"}
