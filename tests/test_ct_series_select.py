@@ -83,3 +83,34 @@ def test_select_series_without_images_names_the_folder(tmp_path):
     _write_sr(tmp_path / "only_sr.dcm")
     with pytest.raises(ValueError, match=r"no DICOM image series in this folder"):
         select_series(tmp_path)
+
+
+def test_enhanced_multiframe_ct_reads_as_the_same_volume_as_its_classic_series(tmp_path):
+    """highdicom's Legacy Converted Enhanced CT of a classic series: same voxels, spacing and affine."""
+    try:
+        from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    except ImportError:  # highdicom needs pydicom 3
+        pytest.skip("highdicom (pydicom 3) writes the enhanced file")
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    vol = _volume(7, seed=3)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-20.0, 15.0, -40.0]
+    files = write_ct_dicom_series(tmp_path / "classic", vol, affine, "enh", np.random.default_rng(1), encoding=1)
+    legacy = [pydicom.dcmread(f) for f in files]
+    legacy = legacy[::-1]  # frames written superior to inferior: the reader must sort them
+    enhanced = LegacyConvertedEnhancedCTImage(legacy, series_instance_uid=generate_uid(), series_number=2,
+                                              sop_instance_uid=generate_uid(), instance_number=1)
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(tmp_path / "enhanced" / "volume.dcm")
+    load = Compose([LoadImage(reader=CTSeriesReader(), image_only=True), EnsureChannelFirst(), Orientation("RAS")])
+    classic = load(str(tmp_path / "classic"))
+    for source in (tmp_path / "enhanced" / "volume.dcm", tmp_path / "enhanced"):  # the file, or its folder
+        img = load(str(source))
+        assert img.shape == (1, 12, 10, 7)
+        np.testing.assert_array_equal(img[0].numpy(), vol)
+        np.testing.assert_allclose(img.affine.numpy(), classic.affine.numpy(), atol=1e-4)
+        np.testing.assert_allclose(img.affine.numpy(), affine, atol=1e-4)
+    files, reason = select_series(tmp_path / "enhanced")
+    assert len(files) == 1 and "7 axial slices" in reason

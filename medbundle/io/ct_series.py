@@ -8,6 +8,8 @@ What this adds over MONAI:
   orders the slices by their position along the slice normal (``ImagePositionPatient`` projected on the
   cross product of the ``ImageOrientationPatient`` vectors) and is safe to share between threads (MONAI's
   keeps per-call state on the reader between ``read`` and ``get_data``).
+- enhanced multi-frame CT (one file, per-frame Plane Position / Orientation functional groups) is read as a
+  volume with its true spacing and affine (MONAI's reader gives it an identity affine).
 - :func:`select_series`: a folder that holds several series (a localizer, a thin and a thick
   reconstruction, an SR) is split by ``SeriesInstanceUID`` and one series is chosen by a stated rule; the
   reader logs which one and why, and other code (DICOM SR writers) can ask for the same files.
@@ -29,8 +31,8 @@ import numpy as np
 from monai.data import ImageReader, NibabelReader, PydicomReader
 from monai.utils import ensure_tuple
 
-__all__ = ["CTImageReader", "CTSeriesReader", "SeriesInfo", "ct_readers", "dicom_position_order", "list_series",
-           "select_series"]
+__all__ = ["CTImageReader", "CTSeriesReader", "SeriesInfo", "ct_readers", "dicom_position_order",
+           "is_enhanced_volume", "list_series", "select_series"]
 
 logger = logging.getLogger("medbundle.io")
 
@@ -215,6 +217,84 @@ def select_series(folder: str | os.PathLike) -> tuple[list[str], str]:
     return files, reason
 
 
+def _group_item(ds: Any, frame: int, sequence: str) -> Any:
+    """Item of functional-group ``sequence`` for ``frame``: the per-frame group's, else the shared one, else None."""
+    for name, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        groups = ds.get(name)
+        if groups and len(groups) > index and sequence in groups[index]:
+            items = getattr(groups[index], sequence)
+            if items:
+                return items[0]
+    return None
+
+
+def is_enhanced_volume(ds: Any) -> bool:
+    """True for a multi-frame image whose frames carry their own plane position (Enhanced / Legacy Converted
+    Enhanced CT and MR): one file holding a whole volume."""
+    return (
+        int(ds.get("NumberOfFrames", 1) or 1) > 1
+        and "PerFrameFunctionalGroupsSequence" in ds
+        and _group_item(ds, 0, "PlanePositionSequence") is not None
+    )
+
+
+_FRAME_HEADER_SKIP = ("PixelData", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+                      "NumberOfFrames", "DimensionIndexSequence", "DimensionOrganizationSequence")
+
+
+def _enhanced_frames(ds: Any, path: str) -> list[Any]:
+    """One classic-looking dataset per frame of an enhanced multi-frame image (position, orientation, spacing,
+    rescale from the functional groups; its decoded pixels), for MONAI's series stacking and affine.
+
+    Raises:
+        ValueError: a frame lacks its plane position or orientation, or the frames are not parallel; names the file.
+    """
+    from pydicom.dataset import Dataset
+
+    class _Frame(Dataset):
+        """A frame's attributes and its already decoded pixels."""
+
+        @property
+        def pixel_array(self) -> np.ndarray:  # type: ignore[override]
+            return self._pixels
+
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - any decoder failure is one line naming the file
+        raise ValueError(f"{path}: cannot decode the frames of this enhanced multi-frame image ({e}).") from None
+    n = int(ds.NumberOfFrames)
+    pixels = pixels.reshape(n, int(ds.Rows), int(ds.Columns))
+    frames, first_iop = [], None
+    header = [e for e in ds if e.keyword and e.keyword not in _FRAME_HEADER_SKIP and e.VR != "SQ"]
+    for k in range(n):
+        position = _group_item(ds, k, "PlanePositionSequence")
+        orientation = _group_item(ds, k, "PlaneOrientationSequence")
+        measures = _group_item(ds, k, "PixelMeasuresSequence")
+        if position is None or orientation is None or "ImagePositionPatient" not in position:
+            raise ValueError(f"{path}: frame {k + 1} has no Plane Position / Plane Orientation functional group.")
+        iop = [float(v) for v in orientation.ImageOrientationPatient]
+        if first_iop is None:
+            first_iop = iop
+        elif not np.allclose(iop, first_iop, atol=1e-4):
+            raise ValueError(f"{path}: frames have different orientations; not one volume.")
+        f = _Frame()
+        for elem in header:  # the image's own header (modality, UIDs, ...), as each classic slice has
+            f.add(copy.deepcopy(elem))
+        f.ImagePositionPatient = list(position.ImagePositionPatient)
+        f.ImageOrientationPatient = list(orientation.ImageOrientationPatient)
+        if measures is not None and "PixelSpacing" in measures:
+            f.PixelSpacing = list(measures.PixelSpacing)
+            if "SliceThickness" in measures:
+                f.SliceThickness = measures.SliceThickness
+        rescale = _group_item(ds, k, "PixelValueTransformationSequence")
+        if rescale is not None and "RescaleSlope" in rescale:
+            f.RescaleSlope, f.RescaleIntercept = rescale.RescaleSlope, rescale.get("RescaleIntercept", 0)
+        f.InstanceNumber = k + 1
+        f._pixels = pixels[k]
+        frames.append(f)
+    return frames
+
+
 class _Series(list):
     """A list of pydicom Datasets (one series) plus the file names and folder they came from."""
 
@@ -234,6 +314,13 @@ class CTSeriesReader(PydicomReader):
     - ``read`` returns the per-call state (file names) with the data instead of keeping it on the
       reader, so one reader may serve several threads (CacheDataset / ThreadDataLoader workers).
 
+    - a folder holding several series is read as the one :func:`select_series` chooses (logged, and in
+      ``meta["series_selection"]``);
+    - an enhanced multi-frame image (Enhanced CT, Legacy Converted Enhanced CT: :func:`is_enhanced_volume`), given
+      as its file or as a folder holding it, is read as a volume: each frame's position, orientation, pixel spacing
+      and rescale come from its functional groups, so the array and affine equal those of the same volume stored
+      as a classic series.
+
     Only one series folder (or file list) per call is supported.
     """
 
@@ -247,15 +334,22 @@ class CTSeriesReader(PydicomReader):
             logger.info("%s: reading %s", folder, reason)
             if len(files) == 1:
                 img = PydicomReader.read(copy.copy(self), files[0], **kwargs)
-                return img
-            worker = copy.copy(self)
-            img = [PydicomReader.read(worker, f, **kwargs) for f in files]
+                if not is_enhanced_volume(img):
+                    return img
+                img, files = _enhanced_frames(img, files[0]), files * int(img.NumberOfFrames)
+            else:
+                worker = copy.copy(self)
+                img = [PydicomReader.read(worker, f, **kwargs) for f in files]
         elif len(names) > 1 and all(Path(str(n)).is_file() for n in names):
             worker = copy.copy(self)
             img = [PydicomReader.read(worker, str(n), **kwargs) for n in names]
             folder, files = str(Path(str(names[0])).parent), [str(n) for n in names]
         else:
-            return PydicomReader.read(copy.copy(self), data, **kwargs)
+            img = PydicomReader.read(copy.copy(self), data, **kwargs)
+            if len(names) != 1 or not is_enhanced_volume(img):
+                return img
+            folder = str(names[0])
+            img, files = _enhanced_frames(img, folder), [folder] * int(img.NumberOfFrames)
         order = dicom_position_order(img, folder)
         series = _Series(img[i] for i in order)
         series.filenames = [files[i] for i in order]
