@@ -114,3 +114,41 @@ def test_enhanced_multiframe_ct_reads_as_the_same_volume_as_its_classic_series(t
         np.testing.assert_allclose(img.affine.numpy(), affine, atol=1e-4)
     files, reason = select_series(tmp_path / "enhanced")
     assert len(files) == 1 and "7 axial slices" in reason
+
+
+def test_ct_bundle_predicts_the_chosen_series_and_says_which(tmp_path):
+    """CT bundle inference over a folder holding two series: one prediction, equal to the chosen series' own, with
+    the choice and its reason in the note column."""
+    import csv
+    import json
+
+    from conftest import BUNDLES, config_list, run_bundle
+    from monai.bundle import ConfigParser
+
+    cfg = BUNDLES / "ct_volume_classification" / "configs"
+    folder, _ = _two_series_folder(tmp_path)
+    for kind in ("thin", "thick"):
+        (tmp_path / f"only_{kind}").mkdir()
+        for f in folder.glob(f"{kind}_*.dcm"):
+            shutil.copy(f, tmp_path / f"only_{kind}" / f.name)
+    work = tmp_path / "bundle"
+    (work / "models").mkdir(parents=True)
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "inference.json"), str(cfg / "demo.json")])
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), work / "models" / "model.pt")
+    names = parser.get_parsed_content("class_names")
+    (work / "models" / "thresholds.json").write_text(json.dumps({"thresholds": dict.fromkeys(names, 0.5)}))
+    rows = {}
+    for source in (folder, tmp_path / "only_thin", tmp_path / "only_thick"):
+        out = tmp_path / f"pred_{source.name}"
+        run_bundle(["run", "--config_file", config_list(cfg / "inference.json", cfg / "demo.json"),
+                    "--meta_file", str(cfg / "metadata.json"), "--logging_file", str(cfg / "logging.conf"),
+                    "--bundle_root", str(work), "--input", str(source), "--output_dir", str(out),
+                    "--save_gradcam", "False"])
+        (rows[source.name],) = list(csv.DictReader(open(out / "predictions.csv")))
+    both, thin = rows["both"], rows["only_thin"]
+    assert "12 axial slices, 1 mm) chosen of 2 series" in both["note"] and "passed over" in both["note"]
+    assert thin["note"].endswith("the only image series in the folder")
+    assert [both[c] for c in names] == [thin[c] for c in names]  # the thin series is what was inferred
+    assert [both[c] for c in names] != [rows["only_thick"][c] for c in names]  # and the choice matters
