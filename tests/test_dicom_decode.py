@@ -12,7 +12,7 @@ import pytest
 from dicom_cases import picture, write_cases
 
 from medbundle.data.failures import root_cause
-from medbundle.io.dicom import XrayDicomReader, XrayImageReader
+from medbundle.io.dicom import XrayDicomReader, XrayImageReader, is_dicom_file
 from medbundle.io.dicom_pixels import LUMA_BT601, read_dicom, sniff_transfer_syntax
 
 #: largest and mean absolute difference (0-255 display units) a lossy case may show against its original
@@ -70,10 +70,15 @@ def test_file_without_preamble_or_meta_header(cases):
     assert head[128:132] != b"DICM" and b"\x02\x00" != head[:2]  # no preamble, no group 0002 first
     ds = read_dicom(case.path)
     assert str(ds.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2"  # implicit VR little endian, inferred
-    # the mixed-format reader routes it by its .dcm name
+    # the mixed-format reader routes it by its .dcm name, or without one by its first element
+    raw = case.path.with_name("no_meta_raw")
+    raw.write_bytes(case.path.read_bytes())
     reader = XrayImageReader()
-    arr, _ = reader.get_data(reader.read(case.path))
-    np.testing.assert_array_equal(arr, _read(cases["gray12"].path)[0])
+    for path in (case.path, raw):
+        assert is_dicom_file(path)
+        arr, _ = reader.get_data(reader.read(path))
+        np.testing.assert_array_equal(arr, _read(cases["gray12"].path)[0])
+    assert not is_dicom_file(cases["gray8"].path.with_name("nothing"))
 
 
 @pytest.mark.parametrize("name", ["rgb", "ybr_full", "ybr_full_422"])

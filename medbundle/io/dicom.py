@@ -62,13 +62,16 @@ _DICOM_SUFFIXES = ("dcm", "dicom", "dic")
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True if ``path`` starts with the DICOM Part 10 preamble + ``DICM`` magic (only 132 bytes are read)."""
+    """True if ``path`` starts with the DICOM Part 10 preamble + ``DICM`` magic, or (a data set written without
+    preamble and file-meta header) with a little-endian element of group 0x0002 or 0x0008 (only 132 bytes are read)."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[3] == 0 and head[2] < 0x80
 
 
 def _pixel_functions():
