@@ -106,19 +106,38 @@ def test_grid_and_bag_pixels_match_the_tiff(slide, tmp_path):
     assert len(ref) > 10
     with open_slide(tif) as (rd, wsi):
         bag = read_patches(rd, wsi, ref)
-    for source in (raw[0].parent, raw[0], jpg[0].parent):
-        grid = build_slide_grid(source, **GRID, cache_dir=tmp_path / "c")
-        assert grid.path == str(source.resolve())
-        assert np.array_equal(grid.coords, ref.coords) and (grid.level, grid.read_size) == (ref.level, ref.read_size)
-        with open_slide(source) as (rd, wsi):
-            pixels = read_patches(rd, wsi, grid).astype(np.int16)
-        if source.parent.name == "jpeg" or source.name == "jpeg":
-            assert np.abs(pixels - bag).mean() < 4.0
-        else:
-            assert np.array_equal(pixels, bag)
-    # the coordinate cache holds one entry per slide as given (folder and level-0 file are two entries)
-    assert len(list((tmp_path / "c").glob("*.npz"))) == 4
-    assert build_slide_grid(raw[0].parent, **GRID, cache_dir=tmp_path / "c").cache_file is not None
+    # OpenSlide, and the tifffile backend (medbundle's DicomWSIReader: pydicom headers, imagecodecs frames)
+    for backend in ("openslide", "tifffile"):
+        for source in (raw[0].parent, raw[0], jpg[0].parent):
+            grid = build_slide_grid(source, backend=backend, **GRID, cache_dir=tmp_path / backend)
+            assert grid.path == str(source.resolve())
+            assert np.array_equal(grid.coords, ref.coords)
+            assert (grid.level, grid.read_size) == (ref.level, ref.read_size)
+            with open_slide(source, backend) as (rd, wsi):
+                assert type(rd).__name__ == {"openslide": "OpenSlideWSIReader", "tifffile": "DicomWSIReader"}[backend]
+                pixels = read_patches(rd, wsi, grid).astype(np.int16)
+            if "jpeg" in (source.name, source.parent.name):
+                assert np.abs(pixels - bag).mean() < 4.0
+            else:
+                assert np.array_equal(pixels, bag)
+        # the coordinate cache holds one entry per slide as given (folder and level-0 file are two entries)
+        assert len(list((tmp_path / backend).glob("*.npz"))) == 3
+
+
+def test_both_backends_decode_the_same_dicom_pixels(slide):
+    """OpenSlide (libdicom, libjpeg) and DicomWSIReader (pydicom, imagecodecs) read the same JPEG frames alike, and
+    the same regions across tile edges and past the slide's edge (0 there)."""
+    _, _, _, jpg = slide
+    with open_slide(jpg[0], "openslide") as (ro, wo), open_slide(jpg[0], "tifffile") as (rt, wt):
+        assert slide_geometry(ro, wo).sizes == slide_geometry(rt, wt).sizes
+        assert slide_geometry(rt, wt).mpp == pytest.approx(1.0)
+        for loc, size, level in (((0, 0), (768, 1024), 0), ((250, 500), (20, 30), 0), ((0, 0), (384, 512), 1),
+                                 ((700, 1000), (100, 100), 0)):
+            a = ro.get_data(wo, location=loc, size=size, level=level)[0].astype(np.int16)
+            b = rt.get_data(wt, location=loc, size=size, level=level)[0].astype(np.int16)
+            assert a.shape == b.shape == (3, *size)
+            assert np.abs(a - b).max() <= 2, (loc, size, level)  # decoders may round the colour transform apart
+        assert not rt.get_data(wt, location=(700, 1000), size=(100, 100), level=0)[0][:, 80:, :].any()
 
 
 def _copy(src_files, dst):
@@ -157,8 +176,8 @@ def test_bad_dicom_gets_one_clear_line(slide, tmp_path):
         msg = str(e.value)
         assert expected in msg and "\n" not in msg, (rel, msg)
         assert str(tmp_path) in msg
-    with pytest.raises(SlideReadError, match="read with the openslide backend"):
-        build_slide_grid(raw[0].parent, backend="tifffile", **GRID)
+    with pytest.raises(SlideReadError, match="level 0 of slide series"):
+        build_slide_grid(tmp_path / "no_level0", backend="tifffile", **GRID)
     assert len(dicom_slide_levels(raw[0].parent)) == 2
 
 
@@ -282,3 +301,10 @@ def test_slide_bundle_trains_on_dicom_slides_infers_and_writes_the_sr(tmp_path):
         # the patient identity is in the SR only: not in the tables, the JSON or the log
         for text in (log, *(p.read_text() for p in out.iterdir() if p.suffix in (".csv", ".json"))):
             assert str(levels[0].PatientID) not in text and str(levels[0].PatientName) not in text
+    # the tifffile backend reads the DICOM slide in Python (DicomWSIReader): the same probability
+    out_t = tmp_path / "pred_tifffile"
+    run_bundle(["run", "--config_file", config_list(cfg / "inference.json", cfg / "demo.json"), *common,
+                "--bundle_root", str(work), "--input", str(slides / "tumor_001_dicom"), "--output_dir", str(out_t),
+                "--wsi_backend", "tifffile", "--save_maps", "False"])
+    (row_t,) = csv.DictReader(open(out_t / "predictions.csv"))
+    assert row_t["n_patches"] == d["n_patches"] and float(row_t["tumor"]) == pytest.approx(float(d["tumor"]), abs=1e-3)

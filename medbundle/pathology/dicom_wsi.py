@@ -34,7 +34,9 @@ from medbundle.io.dicom_write import ds_string, new_dataset, save_dicom, set_syn
 
 __all__ = [
     "VL_WSI_SOP_CLASS",
+    "DicomFrames",
     "DicomSlideLevel",
+    "dicom_frames",
     "dicom_slide_levels",
     "is_dicom_slide",
     "resolve_dicom_slide",
@@ -68,6 +70,27 @@ class DicomSlideLevel:
     """``(rows, columns)`` of the total pixel matrix."""
     tile: tuple[int, int]
     transfer_syntax: str
+    mpp: tuple[float, float] | None = None
+    """Microns per pixel ``(row spacing, column spacing)`` from the shared Pixel Measures; None when absent."""
+    objective_power: float | None = None
+    """``ObjectiveLensPower`` of the first optical path; None when absent."""
+
+
+def _spacing_um(ds) -> tuple[float, float] | None:
+    try:
+        sp = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        out = (float(sp[0]) * 1000.0, float(sp[1]) * 1000.0)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return out if out[0] > 0 and out[1] > 0 else None
+
+
+def _power(ds) -> float | None:
+    try:
+        p = float(ds.OpticalPathSequence[0].ObjectiveLensPower)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return p if p > 0 else None
 
 
 def _has_dicom_suffix(path: Path) -> bool:
@@ -111,13 +134,19 @@ def _level(path: Path, ds) -> DicomSlideLevel | None:
     return DicomSlideLevel(path=str(path), sop_instance_uid=str(ds.SOPInstanceUID),
                            series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
                            image_type=image_type, size=size, tile=tile,
-                           transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
+                           transfer_syntax=str(ds.file_meta.TransferSyntaxUID), mpp=_spacing_um(ds),
+                           objective_power=_power(ds))
 
 
 def _check_level(lv: DicomSlideLevel, ds) -> None:
     if lv.transfer_syntax not in _OPENSLIDE_SYNTAXES:
         raise ValueError(f"{lv.path}: transfer syntax {lv.transfer_syntax} is not one OpenSlide decodes (uncompressed "
                          "Explicit VR Little Endian, JPEG baseline, JPEG 2000); convert it, e.g. with dcmdjpeg")
+    pixel = {k: ds.get(k) for k in ("SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")}
+    if pixel != {"SamplesPerPixel": 3, "BitsAllocated": 8, "BitsStored": 8, "PixelRepresentation": 0} or \
+            int(ds.get("PlanarConfiguration", 0) or 0) != 0:
+        raise ValueError(f"{lv.path}: {pixel} (planar configuration {ds.get('PlanarConfiguration')}); slide levels "
+                         "are read as 8-bit RGB, colour-by-pixel")
     dim = str(ds.get("DimensionOrganizationType", "TILED_FULL")).upper()
     if dim == "TILED_FULL":
         tiles = (-(-lv.size[0] // lv.tile[0])) * (-(-lv.size[1] // lv.tile[1]))
@@ -213,6 +242,94 @@ def resolve_dicom_slide(path: str | os.PathLike) -> Path:
     """The level-0 file of the DICOM slide at ``path`` (a slide folder, or any ``.dcm`` of the series): what
     OpenSlide is opened with. Raises ``ValueError`` as :func:`dicom_slide_levels`."""
     return Path(dicom_slide_levels(path)[0].path)
+
+
+@dataclass(frozen=True)
+class DicomFrames:
+    """Where each frame of a multi-frame DICOM file lies: ``fragments[i]`` lists ``(file offset, length)`` of the
+    encoded pieces of frame ``i`` (one piece, unless a frame is split into several fragments)."""
+
+    path: str
+    fragments: list[list[tuple[int, int]]]
+    encapsulated: bool
+    transfer_syntax: str
+    photometric: str
+    tile: tuple[int, int]
+    """``(rows, columns)`` of a frame."""
+    size: tuple[int, int]
+    """``(rows, columns)`` of the total pixel matrix."""
+
+
+def _read_item(fh) -> tuple[int, int, int]:
+    """The next encapsulation item header: ``(group, element, length)``."""
+    import struct
+
+    head = fh.read(8)
+    if len(head) < 8:
+        raise ValueError("the encapsulated pixel data ends without a sequence delimiter")
+    return struct.unpack("<HHI", head)
+
+
+def dicom_frames(path: str | os.PathLike) -> DicomFrames:
+    """Locate every frame of a multi-frame (TILED_FULL) DICOM file without loading its pixel data.
+
+    The header is read by pydicom (2.4 or 3.x), which leaves the file at the Pixel Data element; native pixel data is
+    cut into ``Rows x Columns x 3`` byte frames, encapsulated pixel data is walked item by item (only the 8-byte item
+    headers are read). Fragments map to frames one to one, or through the Basic Offset Table when there are more.
+
+    Raises:
+        ValueError: no pixel data, or fragments that cannot be assigned to frames (file named).
+    """
+    import struct
+
+    import pydicom
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        start = fh.tell()
+        head = fh.read(12)
+        if len(head) < 12 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+            raise ValueError(f"{path}: no Pixel Data")
+        length = struct.unpack("<I", head[8:])[0]
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        frames: list[list[tuple[int, int]]]
+        if length != 0xFFFFFFFF:  # native
+            size = rows * cols * 3
+            if length < n * size:
+                raise ValueError(f"{path}: {length} bytes of pixel data for {n} frames of {cols}x{rows} RGB")
+            frames = [[(start + 12 + i * size, size)] for i in range(n)]
+        else:
+            g, e, bot_len = _read_item(fh)
+            if (g, e) != (0xFFFE, 0xE000):
+                raise ValueError(f"{path}: encapsulated pixel data without a Basic Offset Table item")
+            bot = np.frombuffer(fh.read(bot_len), "<u4").astype(np.int64) if bot_len else None
+            first = fh.tell()
+            pieces: list[tuple[int, int, int]] = []  # (offset from the first fragment item, value offset, length)
+            while True:
+                pos = fh.tell()
+                g, e, ln = _read_item(fh)
+                if (g, e) == (0xFFFE, 0xE0DD):
+                    break
+                if (g, e) != (0xFFFE, 0xE000):
+                    raise ValueError(f"{path}: unexpected item ({g:04X},{e:04X}) in the encapsulated pixel data")
+                pieces.append((pos - first, pos + 8, ln))
+                fh.seek(ln, 1)
+            if len(pieces) == n:
+                frames = [[(v, ln)] for _, v, ln in pieces]
+            elif bot is not None and bot.size == n:
+                starts = [int(x) for x in bot]
+                frames = [[(v, ln) for rel, v, ln in pieces if starts[i] <= rel < (starts[i + 1] if i + 1 < n else
+                                                                                    1 << 62)] for i in range(n)]
+            elif n == 1:
+                frames = [[(v, ln) for _, v, ln in pieces]]
+            else:
+                raise ValueError(f"{path}: {len(pieces)} fragments for {n} frames and no Basic Offset Table")
+    return DicomFrames(path=str(path), fragments=frames, encapsulated=length == 0xFFFFFFFF, transfer_syntax=syntax,
+                       photometric=str(ds.PhotometricInterpretation), tile=(rows, cols),
+                       size=(int(ds.get("TotalPixelMatrixRows", rows)), int(ds.get("TotalPixelMatrixColumns", cols))))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -44,14 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data.wsi_reader import TiffFileWSIReader
+from monai.data.wsi_reader import BaseWSIReader, TiffFileWSIReader
 
 from medbundle.io.files import atomic_write
-from medbundle.pathology.dicom_wsi import is_dicom_slide, resolve_dicom_slide
+from medbundle.pathology.dicom_wsi import dicom_frames, dicom_slide_levels, is_dicom_slide, resolve_dicom_slide
 from medbundle.pathology.tissue import TissueParams, tissue_mask
 
 __all__ = [
     "WSI_SUFFIXES",
+    "DicomWSIReader",
     "NoTissueError",
     "SlideGeometry",
     "SlideGrid",
@@ -65,6 +66,7 @@ __all__ = [
     "read_thumbnail",
     "slide_file",
     "slide_geometry",
+    "slide_reader",
     "wsi_reader",
 ]
 
@@ -119,6 +121,41 @@ class _TileCache:
         self._d.move_to_end(key)
         while len(self._d) > self.capacity:
             self._d.popitem(last=False)
+
+
+def _assemble_region(segment, tile_hw: tuple[int, int], level_hw: tuple[int, int], y: int, x: int, h: int, w: int,
+                     channels: int, dtype) -> np.ndarray:
+    """``(h, w, channels)`` of a level from its tiles: ``segment(ty, tx)`` decodes tile (row ``ty``, column ``tx``)
+    of side ``tile_hw`` (edge tiles may be smaller); what lies outside the ``level_hw`` level stays 0."""
+    th, tw = tile_hw
+    ih, iw = level_hw
+    out = np.zeros((h, w, channels), dtype=dtype)
+    y0, y1 = max(y, 0), min(y + h, ih)
+    x0, x1 = max(x, 0), min(x + w, iw)
+    if y1 <= y0 or x1 <= x0:
+        return out
+    for ty in range(y0 // th, (y1 - 1) // th + 1):
+        for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+            seg = segment(ty, tx)
+            sy0, sx0 = ty * th, tx * tw
+            ya, yb = max(y0, sy0), min(y1, sy0 + seg.shape[0], sy0 + th)
+            xa, xb = max(x0, sx0), min(x1, sx0 + seg.shape[1], sx0 + tw)
+            if yb > ya and xb > xa:
+                out[ya - y:yb - y, xa - x:xb - x] = seg[ya - sy0:yb - sy0, xa - sx0:xb - sx0, :channels]
+    return out
+
+
+def _as_mode(patch: np.ndarray, mode: str, dtype, channel_dim: int) -> np.ndarray:
+    """A ``(h, w, c)`` region as MONAI's readers return it: grey to RGB, ``mode`` RGB or RGBA, ``dtype``, channels
+    at ``channel_dim``."""
+    if patch.shape[-1] == 1:
+        patch = np.repeat(patch, 3, axis=-1)
+    if mode == "RGB":
+        patch = patch[..., :3]
+    elif mode == "RGBA" and patch.shape[-1] == 3:
+        patch = np.concatenate([patch, np.full(patch.shape[:2] + (1,), 255, patch.dtype)], -1)
+    patch = patch.astype(dtype, copy=False)
+    return np.moveaxis(patch, -1, channel_dim)
 
 
 class TiledTiffFileWSIReader(TiffFileWSIReader):
@@ -239,40 +276,132 @@ class TiledTiffFileWSIReader(TiffFileWSIReader):
         if page.planarconfig != 1 and page.samplesperpixel > 1:
             raise SlideReadError(f"{self.get_file_path(wsi)}: planar TIFF data is not supported")
         ih, iw = int(page.imagelength), int(page.imagewidth)
-        spp = int(page.samplesperpixel)
-        out = np.zeros((h, w, spp), dtype=page.dtype)
         if page.is_tiled:
             th, tw = int(page.tilelength), int(page.tilewidth)
         else:
             th, tw = int(page.rowsperstrip or ih), iw
         ntx = -(-iw // tw)
-        y0, y1 = max(y, 0), min(y + h, ih)
-        x0, x1 = max(x, 0), min(x + w, iw)
-        if y1 <= y0 or x1 <= x0:
-            return out
-        for ty in range(y0 // th, (y1 - 1) // th + 1):
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
-                seg = self._segment(wsi, page, ty * ntx + tx)
-                sy0, sx0 = ty * th, tx * tw
-                ya, yb = max(y0, sy0), min(y1, sy0 + seg.shape[0], sy0 + th)
-                xa, xb = max(x0, sx0), min(x1, sx0 + seg.shape[1], sx0 + tw)
-                if yb > ya and xb > xa:
-                    out[ya - y:yb - y, xa - x:xb - x] = seg[ya - sy0:yb - sy0, xa - sx0:xb - sx0, :spp]
-        return out
+        return _assemble_region(lambda ty, tx: self._segment(wsi, page, ty * ntx + tx), (th, tw), (ih, iw), y, x, h, w,
+                                int(page.samplesperpixel), page.dtype)
 
     def _get_patch(self, wsi, location: tuple[int, int], size: tuple[int, int], level: int, dtype,
                    mode: str) -> np.ndarray:
         ds = self.get_downsample_ratio(wsi, level)
         y, x = (int(np.floor(location[0] / ds)), int(np.floor(location[1] / ds)))
         patch = self._read_level_region(wsi, level, y, x, int(size[0]), int(size[1]))
-        if patch.shape[-1] == 1:
-            patch = np.repeat(patch, 3, axis=-1)
-        if mode == "RGB":
-            patch = patch[..., :3]
-        elif mode == "RGBA" and patch.shape[-1] == 3:
-            patch = np.concatenate([patch, np.full(patch.shape[:2] + (1,), 255, patch.dtype)], -1)
-        patch = patch.astype(dtype, copy=False)
-        return np.moveaxis(patch, -1, self.channel_dim)
+        return _as_mode(patch, mode, dtype, self.channel_dim)
+
+
+class _DicomSlide:
+    """An open DICOM slide for :class:`DicomWSIReader`: its levels (largest first), where their frames lie, and one
+    file handle per level (opened on first use)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self.levels = dicom_slide_levels(path)
+        self.frames = [dicom_frames(lv.path) for lv in self.levels]
+        self._files: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def read(self, level: int, index: int) -> bytes:
+        with self._lock:
+            fh = self._files.get(level)
+            if fh is None:
+                fh = self._files[level] = open(self.frames[level].path, "rb")  # noqa: SIM115 - closed in close()
+            data = []
+            for offset, length in self.frames[level].fragments[index]:
+                fh.seek(offset)
+                data.append(fh.read(length))
+        return b"".join(data)
+
+    def close(self) -> None:
+        with self._lock:
+            for fh in self._files.values():
+                fh.close()
+            self._files.clear()
+
+
+class DicomWSIReader(BaseWSIReader):
+    """A MONAI WSI reader for DICOM whole-slide images (VL Whole Slide Microscopy series), in Python: pydicom for
+    the headers, the frames read straight from the files (:func:`~medbundle.pathology.dicom_wsi.dicom_frames`) and
+    decoded by imagecodecs (JPEG baseline as YBR_FULL_422 or RGB, JPEG 2000) or taken as they are (uncompressed).
+
+    What the ``tifffile`` backend reads DICOM slides with, so they need no OpenSlide. ``read`` takes a slide
+    folder or any ``.dcm`` of the series; levels, downsamples (mean of the width and height ratios, as OpenSlide),
+    microns per pixel (level-0 Pixel Spacing times the downsample) and regions (only the frames a region touches,
+    through an LRU cache of ``tile_cache`` decoded frames; outside the level 0) follow
+    :class:`TiledTiffFileWSIReader`.
+    """
+
+    supported_suffixes = ["dcm", "dicom"]
+    backend = "pydicom"
+    _get_metadata = TiffFileWSIReader._get_metadata
+
+    def __init__(self, tile_cache: int = 256, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._tiles = _TileCache(tile_cache)
+
+    def read(self, data, **kwargs: Any):
+        slides = [_DicomSlide(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+        return slides[0] if len(slides) == 1 else slides
+
+    def get_level_count(self, wsi) -> int:
+        return len(wsi.levels)
+
+    def get_size(self, wsi, level: int) -> tuple[int, int]:
+        return tuple(int(v) for v in wsi.levels[level].size)
+
+    def get_downsample_ratio(self, wsi, level: int) -> float:
+        (h0, w0), (h, w) = wsi.levels[0].size, wsi.levels[level].size
+        return float((h0 / h + w0 / w) / 2.0)
+
+    def get_file_path(self, wsi) -> str:
+        return wsi.path
+
+    def get_mpp(self, wsi, level: int) -> tuple[float, float]:
+        mpp0 = wsi.levels[0].mpp
+        if mpp0 is None:
+            raise ValueError(f"{wsi.path}: no Pixel Spacing in the shared functional groups")
+        d = self.get_downsample_ratio(wsi, level)
+        return (mpp0[0] * d, mpp0[1] * d)
+
+    def get_power(self, wsi, level: int) -> float:
+        power = wsi.levels[0].objective_power
+        if power is None:
+            raise ValueError(f"{wsi.path}: no ObjectiveLensPower in the optical path")
+        return power / self.get_downsample_ratio(wsi, level)
+
+    def _frame(self, wsi, level: int, ty: int, tx: int) -> np.ndarray:
+        fr = wsi.frames[level]
+        key = (fr.path, ty, tx)
+        tile = self._tiles.get(key)
+        if tile is not None:
+            return tile
+        data = wsi.read(level, ty * -(-fr.size[1] // fr.tile[1]) + tx)
+        if not fr.encapsulated:
+            tile = np.frombuffer(data, np.uint8).reshape(fr.tile[0], fr.tile[1], 3)
+        else:
+            try:
+                import imagecodecs
+            except ImportError as e:
+                raise ImportError("compressed DICOM slides need imagecodecs for the tifffile backend; "
+                                  "pip install 'medbundle[wsi]' or use the openslide backend") from e
+            if fr.transfer_syntax.endswith(".4.50"):
+                tile = imagecodecs.jpeg8_decode(data, colorspace="RGB" if fr.photometric == "RGB" else None,
+                                                outcolorspace="RGB")
+            else:
+                tile = imagecodecs.jpeg2k_decode(data)
+        self._tiles.put(key, tile)
+        return tile
+
+    def _get_patch(self, wsi, location: tuple[int, int], size: tuple[int, int], level: int, dtype,
+                   mode: str) -> np.ndarray:
+        ds = self.get_downsample_ratio(wsi, level)
+        y, x = (int(np.floor(location[0] / ds)), int(np.floor(location[1] / ds)))
+        fr = wsi.frames[level]
+        patch = _assemble_region(lambda ty, tx: self._frame(wsi, level, ty, tx), fr.tile, fr.size, y, x,
+                                 int(size[0]), int(size[1]), 3, np.uint8)
+        return _as_mode(patch, mode, dtype, self.channel_dim)
 
 
 def wsi_reader(backend: str = "openslide", **kwargs: Any):
@@ -302,14 +431,23 @@ def wsi_reader(backend: str = "openslide", **kwargs: Any):
     raise ValueError(f"unknown WSI backend {backend!r}; use 'openslide' or 'tifffile'")
 
 
+def slide_reader(file: str | os.PathLike, backend: str = "openslide"):
+    """The MONAI reader ``backend`` opens ``file`` (from :func:`slide_file`) with: :func:`wsi_reader`, except a DICOM
+    slide with the ``tifffile`` backend, which :class:`DicomWSIReader` reads."""
+    if str(backend).lower() == "tifffile" and Path(file).name.lower().endswith((".dcm", ".dicom")):
+        return DicomWSIReader(channel_dim=0)
+    return wsi_reader(backend)
+
+
 def slide_file(path: str | os.PathLike, backend: str = "openslide") -> Path:
     """The file ``backend`` opens for the slide at ``path``: ``path`` itself, or for a DICOM slide (a folder of
     VL Whole Slide Microscopy instances, or one ``.dcm`` of the series) its level-0 file, which OpenSlide opens
-    with the other levels of the series in that folder (:mod:`medbundle.pathology.dicom_wsi`).
+    with the other levels of the series in that folder (:mod:`medbundle.pathology.dicom_wsi`), and which the
+    ``tifffile`` backend reads with :class:`DicomWSIReader` (see :func:`slide_reader`).
 
     Raises:
-        SlideReadError: the slide is missing; a DICOM slide with the ``tifffile`` backend; DICOM files that are
-            not a whole-slide image series OpenSlide reads (one line naming the file and what is wrong).
+        SlideReadError: the slide is missing; DICOM files that are not a whole-slide image series OpenSlide reads
+            (one line naming the file and what is wrong).
     """
     path = Path(path)
     if not path.exists():
@@ -318,9 +456,6 @@ def slide_file(path: str | os.PathLike, backend: str = "openslide") -> Path:
         if path.is_dir():
             raise SlideReadError(f"{path}: a folder without DICOM files is not a slide")
         return path
-    if str(backend).lower() != "openslide":
-        raise SlideReadError(f"{path}: a DICOM whole-slide image is read with the openslide backend (OpenSlide >= 4), "
-                             f"not {backend!r}")
     try:
         return resolve_dicom_slide(path)
     except ValueError as e:
@@ -338,7 +473,7 @@ def open_slide(path: str | os.PathLike, backend: str = "openslide", reader=None)
     """
     path = Path(path)
     file = slide_file(path, backend)
-    reader = reader or wsi_reader(backend)
+    reader = reader or slide_reader(file, backend)
     wsi = None
     try:
         wsi = reader.read(str(file))

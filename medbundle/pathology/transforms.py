@@ -44,7 +44,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 
-from medbundle.pathology.reader import SlideGrid, build_slide_grid, read_patches, wsi_reader
+from medbundle.pathology.reader import SlideGrid, build_slide_grid, read_patches
 from medbundle.pathology.tissue import TissueParams
 
 __all__ = [
@@ -71,34 +71,36 @@ class SlideCache:
     def __init__(self, backend: str = "openslide", max_open: int = 8) -> None:
         self.backend = backend
         self.max_open = int(max_open)
-        self.reader = None
-        self._open: OrderedDict[str, Any] = OrderedDict()
+        self._readers: dict[str, Any] = {}  # one per kind of file: "slide", and "dicom" (its own reader for tifffile)
+        self._open: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 
     def get(self, path: str):
-        from medbundle.pathology.reader import SlideReadError, slide_file
+        from medbundle.pathology.reader import SlideReadError, slide_file, slide_reader
 
-        if self.reader is None:
-            self.reader = wsi_reader(self.backend)
-        wsi = self._open.get(path)
-        if wsi is None:
-            file = str(slide_file(path, self.backend))
+        entry = self._open.get(path)
+        if entry is None:
+            file = slide_file(path, self.backend)
+            kind = "dicom" if file.name.lower().endswith((".dcm", ".dicom")) else "slide"
+            if kind not in self._readers:
+                self._readers[kind] = slide_reader(file, self.backend)
+            reader = self._readers[kind]
             try:
-                wsi = self.reader.read(file)
-                self.reader.get_size(wsi, 0)
+                wsi = reader.read(str(file))
+                reader.get_size(wsi, 0)
             except Exception as e:  # noqa: BLE001
                 raise SlideReadError(f"{path}: cannot be read with {self.backend} ({type(e).__name__}: {e})") from e
-            self._open[path] = wsi
+            entry = self._open[path] = (reader, wsi)
             while len(self._open) > self.max_open:
-                _, old = self._open.popitem(last=False)
+                _, (_, old) = self._open.popitem(last=False)
                 close = getattr(old, "close", None)
                 if callable(close):
                     close()
         self._open.move_to_end(path)
-        return self.reader, wsi
+        return entry
 
     def close(self) -> None:
         while self._open:
-            _, wsi = self._open.popitem()
+            _, (_, wsi) = self._open.popitem()
             close = getattr(wsi, "close", None)
             if callable(close):
                 close()
