@@ -21,6 +21,7 @@ from conftest import BUNDLES, config_list, run_bundle
 from PIL import Image
 
 from medbundle.ct.synthetic import write_ct_dicom_series
+from medbundle.handlers.dicom_sr import SRWriter
 from medbundle.io.dicom_sr import PRIVATE_SCHEME, RESEARCH_NOTE, classification_sr, read_source_headers
 from medbundle.xray.synthetic import write_xray_dicom
 
@@ -122,8 +123,29 @@ def test_classification_sr_builds_calls_from_thresholds_and_codes_classes(tmp_pa
     (tmp_path / "empty").mkdir()
     (tmp_path / "a.png").write_bytes(b"not DICOM")
     for source in (tmp_path / "empty", tmp_path / "a.png"):
-        with pytest.raises(ValueError, match="not a DICOM file"):
+        with pytest.raises(ValueError, match="not a DICOM file|no DICOM image series"):
             read_source_headers(source)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sr_writer_skips_non_dicom_and_logs_a_report_that_fails(tmp_path, caplog, workers):
+    image = write_xray_dicom(tmp_path / "img.dcm", np.full((16, 20), 100, np.uint8), patient_number=PATIENT_NUMBER)
+    (tmp_path / "pic.png").write_bytes(b"png")
+    off = SRWriter(tmp_path / "off")
+    off.write("img", image, "classification", probabilities={"a": 0.5})
+    assert off.written == [] and not (tmp_path / "off").exists()
+    sr = SRWriter(tmp_path / "sr", enabled="True", algorithm_name="m", algorithm_version="2", workers=workers)
+    with caplog.at_level("INFO", logger="medbundle.handlers"):
+        sr.write(str(image), image, "classification", probabilities={"a": 0.25}, calls={"a": False})
+        sr.write("pic", tmp_path / "pic.png", "classification", probabilities={"a": 0.5})
+        sr.write("flat", image, "detection", boxes=np.zeros((1, 6)), scores=[0.5])  # 3D boxes need a frame
+        sr.wait()
+    assert sr.written == [tmp_path / "sr" / "img.dcm"]
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["img.dcm"]
+    assert "no DICOM SR for pic: its source is not DICOM" in caplog.text
+    assert "no DICOM SR for flat: ValueError" in caplog.text and "FrameOfReferenceUID" in caplog.text
+    assert "SYN00004242" not in caplog.text
+    assert _class_findings(hd.sr.srread(str(sr.written[0]))) == {"a": (0.25, "Absent")}
 
 
 # ------------------------------------------------------------------------------------------------- classifiers

@@ -510,15 +510,19 @@ class DetectionWriter(StreamingWriter):
 
     def _write_sr(self, uid: str, source: Any, r: Mapping[str, Any], order: np.ndarray) -> None:
         """The scan's SR: its CSV marks (highest scores first, at most ``max_marks``, at least ``sr.min_score``)."""
-        from medbundle.io.dicom_sr import detection_sr
-
         keep = order[: self.max_marks] if self.max_marks is not None else order
         keep = keep[r["pred_score"][keep] >= self.sr.min_score]
         boxes = r["pred_world"][keep].copy()
         if not self.affine_lps_to_ras:  # RAS -> LPS, DICOM's patient frame
             boxes[:, :2] *= -1.0
-        self.sr.write(uid, source, lambda headers, **algo: detection_sr(
-            headers, boxes, r["pred_score"][keep], r["pred_label"][keep], self.classes, **algo))
+        self.sr.write(uid, source, "detection", boxes=boxes, scores=r["pred_score"][keep],
+                      labels=r["pred_label"][keep], class_names=self.classes)
+
+    def close(self) -> None:
+        """Close the part files; wait for the DICOM SRs still being made."""
+        super().close()
+        if self.sr is not None:
+            self.sr.wait()
 
     def finish(self, counts: Mapping[str, int]) -> None:
         logger.info("wrote %s (%d marks, %d scans listed in %s; %d skipped)", self.output_dir / self.results_csv,

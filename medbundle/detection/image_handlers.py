@@ -460,10 +460,14 @@ class ImageDetectionWriter(StreamingWriter):
 
     def _write_sr(self, iid: str, source: Any, r: Mapping[str, Any], keep: np.ndarray) -> None:
         """The image's SR: the boxes ``keep`` (those of the CSV, highest score first) in pixels of the stored image."""
-        from medbundle.io.dicom_sr import detection_sr
+        self.sr.write(iid, source, "detection", boxes=r["pred_box"][keep], scores=r["pred_score"][keep],
+                      labels=r["pred_label"][keep], class_names=self.classes)
 
-        self.sr.write(iid, source, lambda headers, **algo: detection_sr(
-            headers, r["pred_box"][keep], r["pred_score"][keep], r["pred_label"][keep], self.classes, **algo))
+    def close(self) -> None:
+        """Close the part files; wait for the DICOM SRs still being made."""
+        super().close()
+        if self.sr is not None:
+            self.sr.wait()
 
     def _overlay(self, engine: Any, i: int, iid: str, out: Mapping[str, Any]) -> None:
         from medbundle.viz.detection import save_box_overlay

@@ -2,15 +2,23 @@
 
 The prediction writers (:class:`~medbundle.handlers.inference.PredictionsWriter`, the detection writers) hold an
 :class:`SRWriter` and hand it, for each finished item, the item key, the item's source (file or series folder)
-and a function that builds the report from the source headers (:mod:`medbundle.io.dicom_sr`). The SR is written
-before the item's ledger row, so an item counts as done only with its SR on disk.
+and the report's content; :func:`medbundle.io.dicom_sr.write_report` reads the source headers, builds the report
+with highdicom and saves it.
+
+Speed: building and saving a report costs about 0.1-0.3 s of Python (highdicom), as much as reading and
+classifying a radiograph on a GPU. So by default the reports are made in one worker thread while inference goes
+on (the inference loop spends most of its time in torch, decoders and CUDA, which release the GIL), and the
+writer waits for them when the run ends (:meth:`SRWriter.wait`, called from the writer's ``close``). A thread,
+not a process: nothing is pickled and nothing re-imports the caller's main module (MONAI Label, notebooks). A
+run killed before the end may leave items done (in the ledger) without their SR; a re-run with ``--overwrite
+True`` writes them. ``workers=0`` makes each report before the item's ledger row, in the calling thread.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,46 +40,75 @@ class SRWriter:
             version).
         min_score: Detections scoring below it are left out of the detectors' reports (classifiers report every
             class).
+        workers: Worker threads that make the reports while inference goes on (0: in the calling thread, before the
+            item's ledger row).
 
     A source that is not DICOM (PNG, NIfTI, MetaImage) gets one info line and no SR. A report that cannot be
     built (a header without the UIDs it must reference) is logged as a warning and left out; the item's CSV/JSON
     results stand. Log lines name the item key only, never a header value.
+
+    Raises:
+        ImportError: enabled without highdicom (``pip install 'medbundle[dicom]'``).
     """
 
     def __init__(self, output_dir: str | os.PathLike, enabled: bool = False, algorithm_name: str = "medbundle",
-                 algorithm_version: str = "", min_score: float = 0.0) -> None:
+                 algorithm_version: str = "", min_score: float = 0.0, workers: int = 1) -> None:
         self.output_dir = Path(output_dir)
         self.enabled = as_bool(enabled)
         self.algorithm_name = str(algorithm_name)
         self.algorithm_version = str(algorithm_version)
         self.min_score = float(min_score)
+        self.workers = int(workers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[str, Future]] = []
+        #: SR files written since the writer was made
+        self.written: list[Path] = []
+        if self.enabled:
+            from medbundle.io.dicom_sr import check_installed
+
+            check_installed()  # fail at start, not at the first DICOM item, when highdicom is missing
 
     def path(self, key: str) -> Path:
         """The SR file of item ``key`` (a file name, path or UID; made safe with ``safe_stem``)."""
         return self.output_dir / f"{safe_stem(str(key))}.dcm"
 
-    def write(self, key: str, source: str | os.PathLike | None, build: Callable[..., Any]) -> Path | None:
-        """Build and write the SR of one item; returns its path, or None when disabled, not DICOM, or failed.
-
-        Args:
-            key: The item key (names the file and the log lines).
-            source: The DICOM file or series folder the item was read from.
-            build: ``build(headers, algorithm_name=..., algorithm_version=...) -> pydicom.Dataset`` with ``headers``
-                from :func:`medbundle.io.dicom_sr.read_source_headers`.
-        """
+    def write(self, key: str, source: str | os.PathLike | None, kind: str, **fields: Any) -> None:
+        """Make the SR of one item (see :func:`medbundle.io.dicom_sr.write_report` for ``kind`` and ``fields``)."""
         if not self.enabled:
-            return None
-        from medbundle.io.dicom_sr import is_dicom_source, read_source_headers, save_sr
+            return
+        from medbundle.io.dicom_sr import is_dicom_source, write_report
 
         if source is None or not is_dicom_source(source):
             logger.info("no DICOM SR for %s: its source is not DICOM", key)
-            return None
-        try:
-            headers = read_source_headers(source)
-            sr = build(headers, algorithm_name=self.algorithm_name, algorithm_version=self.algorithm_version)
-            return save_sr(sr, self.path(key))
-        except ImportError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one report that fails leaves the item's other results standing
-            logger.warning("no DICOM SR for %s: %s", key, failure_reason(exc))
-            return None
+            return
+        args = (kind, str(source), str(self.path(key)), self.algorithm_name, self.algorithm_version, fields)
+        if self.workers <= 0:
+            try:
+                self.written.append(Path(write_report(*args)))
+            except Exception as exc:  # noqa: BLE001 - one report that fails leaves the item's other results standing
+                logger.warning("no DICOM SR for %s: %s", key, failure_reason(exc))
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dicom-sr")
+        self._pending.append((key, self._pool.submit(write_report, *args)))
+        self._collect(block=False)
+
+    def _collect(self, block: bool) -> None:
+        """Record the finished reports (all of them, waiting, with ``block``) and log the ones that failed."""
+        keep = []
+        for key, future in self._pending:
+            if not block and not future.done():
+                keep.append((key, future))
+                continue
+            try:
+                self.written.append(Path(future.result()))
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("no DICOM SR for %s: %s", key, failure_reason(exc))
+        self._pending = keep
+
+    def wait(self) -> None:
+        """Wait for the reports still being made and stop the worker threads."""
+        self._collect(block=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -21,7 +21,8 @@ class named ``nodule``, else in the private scheme :data:`PRIVATE_SCHEME` with t
 
 highdicom (with pydicom 3) is imported inside the functions; without it they raise ImportError naming the
 extra to install. :func:`read_source_headers` reads the headers of a DICOM file or series folder without
-pixels (the image readers strip identifiers from their metadata, so the SR writer reads them again).
+pixels (the image readers strip identifiers from their metadata, so the SR writer reads them again);
+:func:`write_report` does all of it for one item (headers, report, file), in whichever thread runs it.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ import numpy as np
 __all__ = [
     "PRIVATE_SCHEME",
     "RESEARCH_NOTE",
+    "check_installed",
     "classification_sr",
     "detection_sr",
     "finding_code",
     "is_dicom_source",
     "read_source_headers",
     "save_sr",
+    "write_report",
 ]
 
 #: coding scheme of class names without a standard code (a private scheme, "99" prefix as DICOM PS3.16 allows)
@@ -53,8 +56,22 @@ _INSTALL = "writing DICOM SR needs highdicom (with pydicom 3): pip install 'medb
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
+def check_installed() -> None:
+    """Raise ImportError saying what to install when highdicom or pydicom 3 is missing (without importing
+    highdicom, which takes a second)."""
+    import importlib.util
+
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        raise ImportError(f"{_INSTALL} (found pydicom {pydicom.__version__})")
+    if importlib.util.find_spec("highdicom") is None:
+        raise ImportError(f"{_INSTALL} (highdicom is not installed)")
+
+
 def _hd():
     """highdicom and pydicom's code dictionary, or ImportError saying what to install."""
+    check_installed()
     try:
         import highdicom
         from pydicom.sr.codedict import codes
@@ -201,11 +218,20 @@ def _report(headers: Sequence[Any], groups: Sequence[Any], algorithm_name: str, 
         observation_context=_observation_context(algorithm_name, algorithm_version),
         procedure_reported=_procedure(str(getattr(headers[0], "Modality", ""))),
         imaging_measurements=list(groups))
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[_with_type2(headers[0]), *headers[1:]], content=report[0], series_instance_uid=generate_uid(),
         series_number=int(series_number), sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer="medbundle", is_complete=True, is_final=False, is_verified=False,
         series_description=RESEARCH_NOTE)
+    if any(e.keyword == "CodingSchemeDesignator" and e.value == PRIVATE_SCHEME for e in sr.iterall()):
+        from pydicom.dataset import Dataset
+
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+        scheme.CodingSchemeName = "medbundle class names"
+        scheme.CodingSchemeResponsibleOrganization = "medbundle"
+        sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
 
 
 def _tracking(label: str, uid_source: Sequence[str]) -> Any:
@@ -380,3 +406,26 @@ def detection_sr(
             finding_type=finding_code(name, finding_codes), algorithm_id=algorithm,
             measurements=[_score(score, algorithm)]))
     return _report(source_headers, groups, algorithm_name, algorithm_version, series_number)
+
+
+#: the report builders :func:`write_report` knows
+_BUILDERS = {"classification": classification_sr, "detection": detection_sr}
+
+
+def write_report(kind: str, source: str | os.PathLike, path: str | os.PathLike, algorithm_name: str,
+                 algorithm_version: str, fields: Mapping[str, Any]) -> str:
+    """Read the headers of ``source``, build its report and save it to ``path``; returns ``path``.
+
+    Args:
+        kind: ``"classification"`` (:func:`classification_sr`) or ``"detection"`` (:func:`detection_sr`).
+        source: The item's DICOM file or series folder (:func:`read_source_headers`).
+        path: The SR file to write.
+        algorithm_name, algorithm_version: The model.
+        fields: The builder's other arguments (``probabilities`` and ``calls``; ``boxes``, ``scores``, ``labels``,
+            ``class_names``).
+    """
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown report kind {kind!r}; expected one of {sorted(_BUILDERS)}.")
+    headers = read_source_headers(source)
+    sr = _BUILDERS[kind](headers, algorithm_name=algorithm_name, algorithm_version=algorithm_version, **fields)
+    return str(save_sr(sr, path))
