@@ -81,16 +81,10 @@ def _hd():
 
 
 # ---------------------------------------------------------------------------------------------------- sources
-def _has_dicom_magic(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
-
-
 def _is_dicom_file(path: Path) -> bool:
-    return path.is_file() and (path.name.lower().endswith(_DICOM_SUFFIXES) or _has_dicom_magic(path))
+    from medbundle.io.dicom import is_dicom_file
+
+    return path.is_file() and (path.name.lower().endswith(_DICOM_SUFFIXES) or is_dicom_file(path))
 
 
 def is_dicom_source(source: str | os.PathLike) -> bool:
