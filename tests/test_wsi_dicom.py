@@ -50,7 +50,7 @@ def slide(tmp_path_factory):
     raw = write_dicom_wsi(root / "raw", s.height, s.width, s.mpp, s.render, compression="none", slide_id="S-11",
                           patient={"id": "PAT-RAW-1", "name": "Raw"})
     jpg = write_dicom_wsi(root / "jpeg", s.height, s.width, s.mpp, s.render, compression="jpeg", slide_id="S-11",
-                          patient={"id": "PAT-JPG-1", "name": "Jpeg"})
+                          patient={"id": "PAT-JPG-1", "name": "Jpeg"}, uid_seed="S-11 as JPEG")
     return root, tif, raw, jpg
 
 
@@ -179,6 +179,16 @@ def test_bad_dicom_gets_one_clear_line(slide, tmp_path):
     with pytest.raises(SlideReadError, match="level 0 of slide series"):
         build_slide_grid(tmp_path / "no_level0", backend="tifffile", **GRID)
     assert len(dicom_slide_levels(raw[0].parent)) == 2
+
+
+def test_sr_source_is_the_slide_folder_unless_it_holds_other_series(slide, tmp_path):
+    from medbundle.pathology.dicom_wsi import dicom_slide_source
+
+    _, _, raw, jpg = slide
+    assert dicom_slide_source(raw[1]) == raw[0].parent  # one slide per folder: every level (and label) instance
+    mixed = _copy(raw, tmp_path / "mixed")
+    shutil.copy(jpg[1], mixed / "other_level_1.dcm")  # another slide's level in the same folder
+    assert dicom_slide_source(mixed / "level_1.dcm") == mixed / "level_0.dcm"
 
 
 def test_camelyon16_and_panda_layouts_as_dicom_have_the_same_slides_and_labels(tmp_path):

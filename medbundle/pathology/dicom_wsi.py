@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from medbundle.io.dicom import is_dicom_file
 from medbundle.io.dicom_write import ds_string, new_dataset, save_dicom, set_synthetic_patient
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "DicomSlideLevel",
     "dicom_frames",
     "dicom_slide_levels",
+    "dicom_slide_source",
     "is_dicom_slide",
     "resolve_dicom_slide",
     "write_dicom_wsi",
@@ -236,6 +238,22 @@ def _sop_name(uid: str) -> str:
         return "" if name == uid else name
     except Exception:  # noqa: BLE001 - an unknown or malformed UID has no name
         return ""
+
+
+def dicom_slide_source(path: str | os.PathLike) -> Path:
+    """What to read the slide's DICOM headers from, e.g. for an SR that references the slide: its folder when every
+    DICOM file there belongs to the slide's series (the usual one folder per slide: all its levels, label and
+    overview), else its level-0 file alone. Raises ``ValueError`` as :func:`dicom_slide_levels`."""
+    level0 = Path(dicom_slide_levels(path)[0].path)
+    series = str(_header(level0).SeriesInstanceUID)
+    for f in level0.parent.iterdir():
+        if f.is_file() and f != level0 and (_has_dicom_suffix(f) or is_dicom_file(f)):
+            try:
+                if str(getattr(_header(f), "SeriesInstanceUID", "")) != series:
+                    return level0
+            except ValueError:
+                return level0
+    return level0.parent
 
 
 def resolve_dicom_slide(path: str | os.PathLike) -> Path:

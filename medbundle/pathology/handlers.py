@@ -328,29 +328,29 @@ class SlideOutputsWriter(StreamingWriter):
                                  float(res.attention[i] * len(res.grid))])
             yield row, {self.top_table.name: top_rows}
 
-    def _sr(self, slide: str, key: str, row: list) -> Path | None:
-        """The slide's SR through :attr:`sr` with the probabilities and call of its table ``row`` (as written, 6
-        decimals); None for a slide that is not DICOM, or when it failed.
-
-        The SR references the slide's pyramid levels (:func:`~medbundle.pathology.dicom_wsi.dicom_slide_levels`:
-        the instances of its series, not every file of its folder); a TIFF or SVS slide gets none (the writer
-        checks the source is DICOM).
-        """
-        from medbundle.io.dicom_sr import classification_sr
-        from medbundle.pathology.dicom_wsi import dicom_slide_levels
+    def _sr(self, slide: str, key: str, row: list) -> None:
+        """Hand the slide's SR to :attr:`sr`: the probabilities and call of its table ``row`` (as written, 6
+        decimals), referencing the slide's instances (:func:`~medbundle.pathology.dicom_wsi.dicom_slide_source`: its
+        folder, or its level-0 file when the folder holds other series too). A TIFF or SVS slide gets none."""
+        from medbundle.pathology.dicom_wsi import dicom_slide_source, is_dicom_slide
 
         n = len(self.class_names)
         probabilities = {c: float(v) for c, v in zip(self.class_names, row[2:2 + n])}
         calls = {c: c == row[2 + n] for c in self.class_names}
+        source = slide
+        if is_dicom_slide(slide):
+            try:
+                source = str(dicom_slide_source(slide))
+            except ValueError as exc:  # read a moment ago; changed since
+                logger.warning("no DICOM SR for %s: %s", key, failure_reason(exc))
+                return
+        self.sr.write(key, source, "classification", probabilities=probabilities, calls=calls)
 
-        def build(_headers, algorithm_name: str, algorithm_version: str):
-            import pydicom
-
-            headers = [pydicom.dcmread(lv.path, stop_before_pixels=True) for lv in dicom_slide_levels(slide)]
-            return classification_sr(headers, probabilities, calls=calls, algorithm_name=algorithm_name,
-                                     algorithm_version=algorithm_version)
-
-        return self.sr.write(key, slide, build)
+    def close(self) -> None:
+        """Close the part files; wait for the DICOM SRs still being made."""
+        super().close()
+        if self.sr is not None:
+            self.sr.wait()
 
     def _maps(self, res, top: np.ndarray, stem: str, probs: dict) -> dict[str, str]:
         from PIL import Image
