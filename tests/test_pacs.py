@@ -2,11 +2,11 @@
 
 One study holds a DX chest radiograph and a 24-slice CT series of the same synthetic patient. The tests check
 the DICOMweb client of ``medbundle.io.dicomweb`` against it (QIDO lists both series, WADO writes them by series with
-the stored pixels and UIDs, STOW files a new instance under the study) and then the round trip of
+the stored pixels and UIDs, STOW files a new instance under its study) and then the round trip of
 ``medbundle pacs-infer``: the chest classifier takes only the radiograph, the CT classifier only the CT series,
 each writes its DICOM SR, and the SR is found in Orthanc (QIDO, Modality SR) under the source study, referencing
-the source images. The networks are freshly initialised (``models/model.pt`` saved untrained): the round trip
-does not need a trained model, only the bundles' own inference.
+the source images, with the probabilities of the bundle's ``predictions.csv``. The networks are freshly initialised
+(``models/model.pt`` saved untrained): the round trip does not need a trained model, only the bundles' own inference.
 """
 
 from __future__ import annotations
@@ -98,18 +98,18 @@ def test_qido_lists_the_series_and_wado_writes_them_by_series(orthanc, study, tm
     assert retrieve_study(client, study["uid"], tmp_path / "none", modalities=["MR"]) == []
 
 
-def test_stow_files_a_new_instance_under_the_study(orthanc, study, tmp_path):
+def test_stow_files_a_new_instance_under_its_study(orthanc, study, tmp_path):
     from pydicom.uid import generate_uid
 
-    ds = pydicom.dcmread(study["dx_path"])
-    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds = pydicom.dcmread(study["dx_path"])  # a copy in a study of its own: the round trips below see one DX
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.SeriesNumber = 99
     ds.save_as(tmp_path / "copy.dcm")
     client = connect(orthanc.dicomweb)
     assert store_instances(client, [tmp_path / "copy.dcm"]) == [str(ds.SOPInstanceUID)]
-    numbers = {s.series_uid: s.number for s in search_series(client, study["uid"])}
-    assert numbers[str(ds.SeriesInstanceUID)] == 99
+    (found,) = search_series(client, str(ds.StudyInstanceUID))
+    assert (found.series_uid, found.number, found.modality) == (str(ds.SeriesInstanceUID), 99, "DX")
     (tmp_path / "not.dcm").write_bytes(b"not DICOM")
     with pytest.raises(ValueError, match="not.dcm: not a readable DICOM file"):
         store_instances(client, [tmp_path / "not.dcm"])
@@ -169,3 +169,13 @@ def test_pacs_infer_stores_the_bundles_sr_in_the_source_study(orthanc, study, tm
     sources = [study["dx"]] if bundle == CXR else study["ct"]
     referenced = _walk_uids(stored, "ReferencedSOPInstanceUID")
     assert {str(ds.SOPInstanceUID) for ds in sources} <= referenced
+    # and it holds the probabilities of predictions.csv (read back from Orthanc's copy with highdicom)
+    import highdicom as hd
+    from test_dicom_sr import _class_findings
+
+    found = _class_findings(hd.sr.Comprehensive3DSR.from_dataset(stored))
+    probs = {k.lower(): float(v) for k, v in rows[0].items()
+             if k not in ("file", "note", "predicted") and not k.endswith("_positive")}
+    assert set(found) == set(probs) and len(probs) == (14 if bundle == CXR else 3)
+    for name, p in probs.items():
+        assert found[name][0] == pytest.approx(p, abs=1e-6), name
