@@ -16,7 +16,8 @@ when the files are not such a series.
 
 :func:`write_dicom_wsi` writes a pyramid rendered tile by tile (the synthetic slides of
 :mod:`medbundle.pathology.synthetic`) as such a series, with a synthetic patient, specimen and optical path.
-It uses pydicom only (2.4 and 3.x).
+Frames are spooled to a scratch file as they are rendered and the Pixel Data element is appended after the
+header pydicom writes (2.4 and 3.x), so memory stays one tile for any slide size, as for the TIFF writer.
 """
 
 from __future__ import annotations
@@ -484,10 +485,6 @@ def write_dicom_wsi(
     Returns:
         The files written, level 0 first.
     """
-    from pydicom.dataset import Dataset
-    from pydicom.encaps import encapsulate
-    from pydicom.sequence import Sequence as DicomSequence
-
     from medbundle.pathology.synthetic import level_tiles, pyramid_downsamples
 
     compression = str(compression).lower()
@@ -504,55 +501,100 @@ def write_dicom_wsi(
     paths = []
     for i, d in enumerate(ds_list):
         lh, lw = height // d, width // d
-        frames = [_encode_jpeg(np.ascontiguousarray(t), quality) if compression == "jpeg" else
-                  np.ascontiguousarray(t).tobytes() for t in level_tiles(render, d, lh, lw, tile)]
-        sop_uid = _uid(seed, f"level-{i}")
-        ds = new_dataset(VL_WSI_SOP_CLASS, sop_uid)
-        _common(ds, uids, slide_id, patient, mpp, height, width)
-        ds.InstanceNumber = i + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if i == 0 else \
-            ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
-        if i > 0:
-            ds.DerivationDescription = f"downsampled by {d} from level 0"
-        ds.InstanceCreationDate, ds.InstanceCreationTime = ds.StudyDate, "000000"
-        ds.DimensionOrganizationType = "TILED_FULL"
-        org = Dataset()
-        org.DimensionOrganizationUID = uids["series"] + ".1" if len(uids["series"]) < 62 else uids["series"]
-        ds.DimensionOrganizationSequence = DicomSequence([org])
-        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = lh, lw
-        ds.Rows = ds.Columns = tile
-        ds.NumberOfFrames = len(frames)
-        ds.SamplesPerPixel = 3
-        ds.PlanarConfiguration = 0
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
-        pm = Dataset()
-        spacing = mpp * d / 1000.0
-        pm.PixelSpacing = [ds_string(spacing), ds_string(spacing)]
-        pm.SliceThickness = ds_string(0.001)
-        frame_type = Dataset()
-        frame_type.FrameType = list(ds.ImageType)
-        opi = Dataset()
-        opi.OpticalPathIdentifier = "1"
-        shared = Dataset()
-        shared.PixelMeasuresSequence = DicomSequence([pm])
-        shared.WholeSlideMicroscopyImageFrameTypeSequence = DicomSequence([frame_type])
-        shared.OpticalPathIdentificationSequence = DicomSequence([opi])
-        ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-        if compression == "jpeg":
-            ds.file_meta.TransferSyntaxUID = _JPEG_BASELINE
-            ds.PhotometricInterpretation = "YBR_FULL_422"
-            ds.LossyImageCompression = "01"
-            ds.LossyImageCompressionRatio = ds_string(len(frames) * tile * tile * 3 / max(1, sum(map(len, frames))))
-            ds.LossyImageCompressionMethod = "ISO_10918_1"
-            ds.PixelData = encapsulate(frames)
-            ds["PixelData"].VR = "OB"
-            ds["PixelData"].is_undefined_length = True
-        else:
-            ds.PhotometricInterpretation = "RGB"
-            ds.LossyImageCompression = "00"
-            ds.PixelData = b"".join(frames)
-            ds["PixelData"].VR = "OB"
-        paths.append(save_dicom(ds, folder / f"level_{i}.dcm"))
+        path = folder / f"level_{i}.dcm"
+        tmp = folder / f".level_{i}.pixels"
+        try:  # frames go to a scratch file as they are rendered (memory stays one tile), the header is written after
+            lengths = _spool_frames(tmp, (_encode_jpeg(np.ascontiguousarray(t), quality) if compression == "jpeg" else
+                                          np.ascontiguousarray(t).tobytes()
+                                          for t in level_tiles(render, d, lh, lw, tile)), compression == "jpeg")
+            paths.append(_write_level(path, tmp, lengths, compression, tile, i, d, lh, lw, mpp, height, width,
+                                      seed, uids, slide_id, patient))
+        finally:
+            tmp.unlink(missing_ok=True)
     return paths
+
+
+def _spool_frames(tmp: Path, frames, encapsulated: bool) -> list[int]:
+    """Write ``frames`` to ``tmp`` (each an encapsulation item, padded to even length, when ``encapsulated``);
+    returns their lengths as stored (item headers not counted)."""
+    import struct
+
+    lengths = []
+    with open(tmp, "wb") as fh:
+        for f in frames:
+            if encapsulated:
+                f = f + b"\x00" if len(f) % 2 else f
+                fh.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(f)))
+            fh.write(f)
+            lengths.append(len(f))
+    return lengths
+
+
+def _write_level(path: Path, tmp: Path, lengths: list[int], compression: str, tile: int, i: int,
+                 d: int, lh: int, lw: int, mpp: float, height: int, width: int, seed: str, uids: Mapping[str, str],
+                 slide_id: str, patient: Mapping[str, str]) -> Path:
+    """The header of level ``i`` through pydicom, then its Pixel Data element appended from the spooled frames
+    (Pixel Data is the dataset's last element): native, or encapsulated with a Basic Offset Table (left empty past
+    4 GB, as the standard allows)."""
+    import shutil
+    import struct
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    sop_uid = _uid(seed, f"level-{i}")
+    ds = new_dataset(VL_WSI_SOP_CLASS, sop_uid)
+    _common(ds, uids, slide_id, patient, mpp, height, width)
+    ds.InstanceNumber = i + 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if i == 0 else \
+        ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+    if i > 0:
+        ds.DerivationDescription = f"downsampled by {d} from level 0"
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.StudyDate, "000000"
+    ds.DimensionOrganizationType = "TILED_FULL"
+    org = Dataset()
+    org.DimensionOrganizationUID = uids["series"] + ".1" if len(uids["series"]) < 62 else uids["series"]
+    ds.DimensionOrganizationSequence = DicomSequence([org])
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = lh, lw
+    ds.Rows = ds.Columns = tile
+    ds.NumberOfFrames = len(lengths)
+    ds.SamplesPerPixel = 3
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    pm = Dataset()
+    spacing = mpp * d / 1000.0
+    pm.PixelSpacing = [ds_string(spacing), ds_string(spacing)]
+    pm.SliceThickness = ds_string(0.001)
+    frame_type = Dataset()
+    frame_type.FrameType = list(ds.ImageType)
+    opi = Dataset()
+    opi.OpticalPathIdentifier = "1"
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DicomSequence([pm])
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = DicomSequence([frame_type])
+    shared.OpticalPathIdentificationSequence = DicomSequence([opi])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    if compression == "jpeg":
+        ds.file_meta.TransferSyntaxUID = _JPEG_BASELINE
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = ds_string(len(lengths) * tile * tile * 3 / max(1, sum(lengths)))
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    else:
+        ds.PhotometricInterpretation = "RGB"
+        ds.LossyImageCompression = "00"
+    save_dicom(ds, path)
+    with open(path, "ab") as out, open(tmp, "rb") as src:
+        if compression == "jpeg":
+            out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+            starts = np.concatenate([[0], np.cumsum(np.asarray(lengths, np.int64) + 8)[:-1]])
+            bot = starts.astype("<u4").tobytes() if starts[-1] < 2**32 else b""
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(bot)) + bot)
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+        else:
+            out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, sum(lengths)))
+            shutil.copyfileobj(src, out, 1 << 20)
+    return path
