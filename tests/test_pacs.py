@@ -3,15 +3,17 @@
 One study holds a DX chest radiograph and a 24-slice CT series of the same synthetic patient. The tests check
 the DICOMweb client of ``medbundle.io.dicomweb`` against it (QIDO lists both series, WADO writes them by series with
 the stored pixels and UIDs, STOW files a new instance under its study) and then the round trip of
-``medbundle pacs-infer``: the chest classifier takes only the radiograph, the CT classifier only the CT series,
-each writes its DICOM SR, and the SR is found in Orthanc (QIDO, Modality SR) under the source study, referencing
-the source images, with the probabilities of the bundle's ``predictions.csv``. The networks are freshly initialised
-(``models/model.pt`` saved untrained): the round trip does not need a trained model, only the bundles' own inference.
+``medbundle pacs-infer``: the chest classifier and the radiograph lesion detector take only the radiograph, the CT
+classifier and the nodule detector only the CT series, each writes its DICOM SR, and the SR is found in Orthanc
+(QIDO, Modality SR) under the source study, referencing the source images, with the probabilities of the bundle's
+``predictions.csv`` (classifiers) or as many regions as the bundle's box file (detectors). The networks are
+freshly initialised (``models/model.pt`` saved untrained): the round trip needs only the bundles' own inference.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ from medbundle.xray.synthetic import render_chest_image, write_xray_dicom  # noq
 
 CXR = "chest_xray_classification"
 CT = "ct_volume_classification"
+NODULES = "lung_nodule_retinanet_detection"
+LESIONS = "chest_xray_lesion_detection"
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +143,16 @@ def _walk_uids(ds, keyword: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("bundle", [CXR, CT])
+#: the detectors' per-item box files in a pacs-infer output (the folders are numbered, so are the keys), the key of
+#: their boxes, and whether the SR holds them as volumetric (3D) or planar (2D) regions
+DETECTORS = {NODULES: ("series_000_boxes.json", "boxes", "volumetric"),
+             LESIONS: ("00000_boxes.json", "detections", "planar")}
+
+
+@pytest.mark.parametrize("bundle", [CXR, CT, NODULES, LESIONS])
 def test_pacs_infer_stores_the_bundles_sr_in_the_source_study(orthanc, study, tmp_path, capsys, bundle):
+    import highdicom as hd
+
     work = tmp_path / "bundle"
     cfg = BUNDLES / bundle / "configs"
     _fresh_model(bundle, work, {})
@@ -149,11 +161,9 @@ def test_pacs_infer_stores_the_bundles_sr_in_the_source_study(orthanc, study, tm
                "--workdir", str(tmp_path / "pacs")])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    # only the series of the bundle's modality were inferred: one radiograph, or one CT volume
-    rows = list(csv.DictReader(open(tmp_path / "pacs" / "output" / "predictions.csv")))
-    assert len(rows) == 1
-    srs = sorted((tmp_path / "pacs" / "output" / "sr").glob("*.dcm"))
-    assert len(srs) == 1
+    output = tmp_path / "pacs" / "output"
+    srs = sorted((output / "sr").glob("*.dcm"))
+    assert len(srs) == 1  # only the series of the bundle's modality: one radiograph, or one CT volume
     written = pydicom.dcmread(srs[0])
     assert f"stored 1 SR(s) in the study: {written.SOPInstanceUID}" in out
     assert study["uid"] not in out and "SYN" not in out
@@ -166,15 +176,22 @@ def test_pacs_infer_stores_the_bundles_sr_in_the_source_study(orthanc, study, tm
     (stored,) = client.retrieve_series(study["uid"], str(written.SeriesInstanceUID))
     assert stored.SOPInstanceUID == written.SOPInstanceUID and stored.Modality == "SR"
     assert stored.StudyInstanceUID == study["uid"] and stored.PatientID == study["dx"].PatientID
-    sources = [study["dx"]] if bundle == CXR else study["ct"]
+    sources = [study["dx"]] if bundle in (CXR, LESIONS) else study["ct"]
     referenced = _walk_uids(stored, "ReferencedSOPInstanceUID")
     assert {str(ds.SOPInstanceUID) for ds in sources} <= referenced
-    # and it holds the probabilities of predictions.csv (read back from Orthanc's copy with highdicom)
-    import highdicom as hd
+    # and it holds the bundle's own results (read back from Orthanc's copy with highdicom)
+    content = hd.sr.Comprehensive3DSR.from_dataset(stored).content
+    if bundle in DETECTORS:
+        name, key, kind = DETECTORS[bundle]
+        boxes = json.loads((output / name).read_text())[key]
+        groups = getattr(content, f"get_{kind}_roi_measurement_groups")()
+        assert len(groups) == len(boxes) > 0
+        return
     from test_dicom_sr import _class_findings
 
+    (row,) = list(csv.DictReader(open(output / "predictions.csv")))
     found = _class_findings(hd.sr.Comprehensive3DSR.from_dataset(stored))
-    probs = {k.lower(): float(v) for k, v in rows[0].items()
+    probs = {k.lower(): float(v) for k, v in row.items()
              if k not in ("file", "note", "predicted") and not k.endswith("_positive")}
     assert set(found) == set(probs) and len(probs) == (14 if bundle == CXR else 3)
     for name, p in probs.items():
