@@ -72,7 +72,8 @@ __all__ = [
 
 logger = logging.getLogger("medbundle.data")
 
-#: File endings treated as whole-slide images when inference is pointed at a folder.
+#: File endings treated as whole-slide images when inference is pointed at a folder (a DICOM slide is a folder of
+#: ``.dcm`` files: ``inference_items(..., dicom_series=True)`` makes it one item).
 WSI_SUFFIXES: tuple[str, ...] = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
 
 GRID_CACHE_VERSION = 2
