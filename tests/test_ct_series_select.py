@@ -152,3 +152,25 @@ def test_ct_bundle_predicts_the_chosen_series_and_says_which(tmp_path):
     assert thin["note"].endswith("the only image series in the folder")
     assert [both[c] for c in names] == [thin[c] for c in names]  # the thin series is what was inferred
     assert [both[c] for c in names] != [rows["only_thick"][c] for c in names]  # and the choice matters
+
+
+@pytest.mark.parametrize(("option", "tol"), [("+e1", 0.0), ("+ee", 12.0)])
+def test_compressed_ct_series_reads_in_hu(tmp_path, option, tol):
+    """A CT series in JPEG lossless (exact) and 12-bit JPEG extended (lossy; GDCM directly under pydicom 3)."""
+    import subprocess
+
+    if shutil.which("dcmcjpeg") is None:
+        pytest.skip("dcmcjpeg (dcmtk) is not installed")
+    vol = _volume(5, seed=4)
+    affine = np.diag([0.7, 0.7, 2.0, 1.0])
+    files = write_ct_dicom_series(tmp_path / "raw", vol, affine, "jpeg", np.random.default_rng(2), encoding=0)
+    (tmp_path / "jpeg").mkdir()
+    for f in files:
+        extra = ["+sr", "+q", "95"] if option == "+ee" else []
+        subprocess.run(["dcmcjpeg", option, *extra, str(f), str(tmp_path / "jpeg" / f.name)], check=True,
+                       capture_output=True)
+    load = Compose([LoadImage(reader=CTSeriesReader(), image_only=True), EnsureChannelFirst(), Orientation("RAS")])
+    img = load(str(tmp_path / "jpeg"))
+    err = np.abs(img[0].numpy() - vol)
+    assert err.max() <= tol and err.mean() <= tol / 4 + 1e-9, (err.max(), err.mean())
+    np.testing.assert_allclose(img.affine.numpy(), affine, atol=1e-4)

@@ -31,6 +31,8 @@ import numpy as np
 from monai.data import ImageReader, NibabelReader, PydicomReader
 from monai.utils import ensure_tuple
 
+from medbundle.io.dicom_pixels import pixel_array
+
 __all__ = ["CTImageReader", "CTSeriesReader", "SeriesInfo", "ct_readers", "dicom_position_order",
            "is_enhanced_volume", "list_series", "select_series"]
 
@@ -358,6 +360,17 @@ class CTSeriesReader(PydicomReader):
         for rank, ds in enumerate(series, start=1):
             ds.InstanceNumber = rank
         return series
+
+    def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
+        """One slice's values, rescaled to HU as MONAI does, decoded by :func:`medbundle.io.dicom_pixels.pixel_array`
+        (12-bit JPEG extended through GDCM under pydicom 3 too; a failure is one line naming the file)."""
+        if self.to_gpu:
+            return super()._get_array_data(img, filename)
+        data = pixel_array(img, str(filename))
+        if "RescaleSlope" in img or "RescaleIntercept" in img:
+            slope = float(img.get("RescaleSlope", 1) or 1)
+            data = data.astype(np.float32) * slope + float(img.get("RescaleIntercept", 0) or 0)
+        return data
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Stack the slices read by :meth:`read` into ``(array, meta)`` as ``PydicomReader.get_data``."""

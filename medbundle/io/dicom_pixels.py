@@ -24,6 +24,7 @@ __all__ = [
     "COLOUR_PHOTOMETRICS",
     "LUMA_BT601",
     "decode_pixels",
+    "pixel_array",
     "read_dicom",
     "reject_reason",
     "sniff_transfer_syntax",
@@ -182,8 +183,14 @@ def _gdcm_pixels(path: str, ds: Any) -> np.ndarray:
     return arr[: rows * cols * spp].reshape((rows, cols, spp) if spp > 1 else (rows, cols)).copy()
 
 
-def _pixel_array(ds: Any, path: str) -> np.ndarray:
-    """``ds.pixel_array`` in RGB for colour (pydicom 3 converts YCbCr itself; 2.x is converted here)."""
+def pixel_array(ds: Any, path: str | os.PathLike) -> np.ndarray:
+    """``ds.pixel_array``, colour in RGB (pydicom 3 converts YCbCr itself; 2.x is converted here), 12-bit JPEG
+    extended through GDCM directly where pydicom declines it.
+
+    Raises:
+        ValueError: the pixel data cannot be decoded; one line naming the file and its transfer syntax.
+    """
+    path = str(path)
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     try:
         arr = ds.pixel_array
@@ -236,7 +243,7 @@ def decode_pixels(ds: Any, path: str | os.PathLike, frames_expected: int = 1) ->
     reason = reject_reason(ds, frames_expected)
     if reason:
         raise ValueError(f"{path}: {reason}.")
-    arr = _pixel_array(ds, path)
+    arr = pixel_array(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric in COLOUR_PHOTOMETRICS:
         if arr.ndim != 3 or arr.shape[-1] != 3:
