@@ -5,13 +5,14 @@ The prediction writers (:class:`~medbundle.handlers.inference.PredictionsWriter`
 and the report's content; :func:`medbundle.io.dicom_sr.write_report` reads the source headers, builds the report
 with highdicom and saves it.
 
-Speed: building and saving a report costs about 0.1-0.3 s of Python (highdicom), as much as reading and
-classifying a radiograph on a GPU. So by default the reports are made in one worker thread while inference goes
-on (the inference loop spends most of its time in torch, decoders and CUDA, which release the GIL), and the
-writer waits for them when the run ends (:meth:`SRWriter.wait`, called from the writer's ``close``). A thread,
-not a process: nothing is pickled and nothing re-imports the caller's main module (MONAI Label, notebooks). A
-run killed before the end may leave items done (in the ledger) without their SR; a re-run with ``--overwrite
-True`` writes them. ``workers=0`` makes each report before the item's ledger row, in the calling thread.
+Order and speed: by default (``workers=0``) each report is made in the calling thread, before the item's ledger
+row, so a run stopped at any point never leaves an item marked done without its SR. Building and saving a report
+costs about 0.1-0.3 s of Python (highdicom), as much as reading and classifying a radiograph on a GPU; where that
+matters, ``workers=1`` makes the reports in a worker thread while inference goes on (torch, the decoders and CUDA
+release the GIL) and the writer waits for them when the run ends (:meth:`SRWriter.wait`, from the writer's
+``close``). Then a run killed before its end may leave items done without their SR, and a re-run with
+``--overwrite True`` writes them. A thread, not a process: nothing is pickled and nothing re-imports the caller's
+main module (MONAI Label, notebooks).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class SRWriter:
             version).
         min_score: Detections scoring below it are left out of the detectors' reports (classifiers report every
             class).
-        workers: Worker threads that make the reports while inference goes on (0: in the calling thread, before the
-            item's ledger row).
+        workers: 0 (default): each report in the calling thread, before the item's ledger row (a stopped run loses
+            no SR); 1 or more: worker threads make the reports while inference goes on (see the module docstring).
 
     A source that is not DICOM (PNG, NIfTI, MetaImage) gets one info line and no SR. A report that cannot be
     built (a header without the UIDs it must reference) is logged as a warning and left out; the item's CSV/JSON
@@ -52,7 +53,7 @@ class SRWriter:
     """
 
     def __init__(self, output_dir: str | os.PathLike, enabled: bool = False, algorithm_name: str = "medbundle",
-                 algorithm_version: str = "", min_score: float = 0.0, workers: int = 1) -> None:
+                 algorithm_version: str = "", min_score: float = 0.0, workers: int = 0) -> None:
         self.output_dir = Path(output_dir)
         self.enabled = as_bool(enabled)
         self.algorithm_name = str(algorithm_name)
