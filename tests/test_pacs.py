@@ -134,6 +134,20 @@ def test_pacs_infer_without_a_series_of_the_modality_says_so(orthanc, study, tmp
     assert study["uid"] not in err and "SYN" not in err  # no study or patient identifier in the message
 
 
+def test_pacs_infer_without_an_sr_stores_nothing_and_says_why(orthanc, study, tmp_path, capsys):
+    client = connect(orthanc.dicomweb)
+    before = client.search_for_series(study_instance_uid=study["uid"], search_filters={"Modality": "SR"})
+    work = tmp_path / "bundle"
+    _fresh_model(CXR, work, {})
+    rc = main(["pacs-infer", CXR, "--dicomweb", orthanc.dicomweb, "--study", study["uid"], "--bundle-root", str(work),
+               "--config", str(BUNDLES / CXR / "configs" / "demo.json"), "--set", "save_gradcam=False",
+               "--set", "write_sr=False", "--workdir", str(tmp_path / "pacs")])
+    assert rc == 1
+    assert "chest_xray_classification wrote no DICOM SR under" in capsys.readouterr().err
+    assert len(list(csv.DictReader(open(tmp_path / "pacs" / "output" / "predictions.csv")))) == 1  # it did infer
+    assert client.search_for_series(study_instance_uid=study["uid"], search_filters={"Modality": "SR"}) == before
+
+
 def _walk_uids(ds, keyword: str) -> set[str]:
     """Every value of ``keyword`` anywhere in ``ds`` (nested sequences included)."""
     found = set()
