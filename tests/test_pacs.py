@@ -8,6 +8,8 @@ classifier and the nodule detector only the CT series, each writes its DICOM SR,
 (QIDO, Modality SR) under the source study, referencing the source images, with the probabilities of the bundle's
 ``predictions.csv`` (classifiers) or as many regions as the bundle's box file (detectors). The networks are
 freshly initialised (``models/model.pt`` saved untrained): the round trip needs only the bundles' own inference.
+The client tests also pass under pydicom 2.4 and dicomweb-client 0.59
+(``.venv-label/bin/python -m pytest tests/test_pacs.py -k "qido or stow or modalit"``).
 """
 
 from __future__ import annotations

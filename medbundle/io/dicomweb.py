@@ -50,7 +50,8 @@ class SeriesInfo:
 
 
 def connect(url: str, timeout: float = 60.0) -> Any:
-    """A ``dicomweb_client.DICOMwebClient`` for the DICOMweb root ``url`` (e.g. ``http://host:8042/dicom-web``).
+    """A ``dicomweb_client.DICOMwebClient`` for the DICOMweb root ``url`` (e.g. ``http://host:8042/dicom-web``), each
+    request allowed ``timeout`` seconds.
 
     Raises:
         ImportError: dicomweb-client is not installed (the message says how to install it).
@@ -59,7 +60,10 @@ def connect(url: str, timeout: float = 60.0) -> Any:
         from dicomweb_client import DICOMwebClient
     except ImportError as e:
         raise ImportError(f"DICOMweb needs the dicomweb-client package ({e}); {_INSTALL}") from e
-    return DICOMwebClient(url=url.rstrip("/"), timeout=timeout)
+    try:
+        return DICOMwebClient(url=url.rstrip("/"), timeout=timeout)
+    except TypeError:  # dicomweb-client < 0.60 has no timeout (requests then waits as long as the server takes)
+        return DICOMwebClient(url=url.rstrip("/"))
 
 
 def _value(item: dict, tag: str) -> Any:
