@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import BUNDLES
-from orthanc_server import require_orthanc, running_orthanc
+from orthanc_server import free_port, require_orthanc, running_orthanc
 
 require_orthanc()
 
@@ -134,6 +134,13 @@ def test_pacs_infer_without_a_series_of_the_modality_says_so(orthanc, study, tmp
     err = capsys.readouterr().err
     assert "the study has no series of modality MR for chest_xray_classification" in err
     assert study["uid"] not in err and "SYN" not in err  # no study or patient identifier in the message
+
+
+def test_an_unreachable_archive_is_one_line_without_the_study(study, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    assert main(["pacs-infer", CXR, "--dicomweb", url, "--study", study["uid"], "--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {url}: QIDO-RS search for the study's series failed: connection error\n"
 
 
 def test_pacs_infer_without_an_sr_stores_nothing_and_says_why(orthanc, study, tmp_path, capsys):

@@ -18,7 +18,8 @@ series identifiers must not reach those outputs. Works with pydicom 2.4 and 3.x.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,21 @@ def connect(url: str, timeout: float = 60.0) -> Any:
         return DICOMwebClient(url=url.rstrip("/"))
 
 
+@contextmanager
+def _service(client: Any, what: str) -> Iterator[None]:
+    """Turn a failed request into ``ConnectionError("<server root>: <what> failed: <reason>")``: the server's root
+    and the HTTP status only, not the request's URL, which holds the study's UID."""
+    from requests import RequestException
+
+    try:
+        yield
+    except RequestException as e:
+        response = getattr(e, "response", None)
+        reason = (f"HTTP {response.status_code} {response.reason}" if response is not None
+                  else type(e).__name__.replace("Error", " error").strip().lower())
+        raise ConnectionError(f"{client.base_url}: {what} failed: {reason}") from None
+
+
 def _value(item: dict, tag: str) -> Any:
     """The first value of ``tag`` (8 hex digits) in a DICOM JSON item, or None."""
     values = item.get(tag, {}).get("Value") or []
@@ -77,10 +93,12 @@ def search_series(client: Any, study_uid: str) -> list[SeriesInfo]:
 
     Raises:
         LookupError: the archive holds no series of that study.
+        ConnectionError: the request failed (the message names the server and the HTTP status, not the study).
     """
-    found = client.search_for_series(
-        study_instance_uid=study_uid, get_remaining=True,
-        fields=["Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances", "SeriesDescription"])
+    with _service(client, "QIDO-RS search for the study's series"):
+        found = client.search_for_series(
+            study_instance_uid=study_uid, get_remaining=True,
+            fields=["Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances", "SeriesDescription"])
     out = []
     for item in found:
         number, count = _value(item, "00200011"), _value(item, "00201209")
@@ -113,19 +131,19 @@ def retrieve_series(client: Any, study_uid: str, series_uid: str, folder: str | 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        instances = client.iter_series(study_uid, series_uid, media_types=_ORIGINAL_SYNTAX)
-        first = next(instances, None)
-    except HTTPError:  # the server does not offer the stored syntax: its default (explicit VR little endian)
-        instances = client.iter_series(study_uid, series_uid)
-        first = next(instances, None)
     paths = []
-    ds = first
-    while ds is not None:
-        path = folder / f"{len(paths):05d}.dcm"
-        _save(ds, path)
-        paths.append(path)
-        ds = next(instances, None)
+    with _service(client, "WADO-RS retrieval of a series"):
+        try:
+            instances = client.iter_series(study_uid, series_uid, media_types=_ORIGINAL_SYNTAX)
+            ds = next(instances, None)
+        except HTTPError:  # the server does not offer the stored syntax: its default (explicit VR little endian)
+            instances = client.iter_series(study_uid, series_uid)
+            ds = next(instances, None)
+        while ds is not None:
+            path = folder / f"{len(paths):05d}.dcm"
+            _save(ds, path)
+            paths.append(path)
+            ds = next(instances, None)
     if not paths:
         raise LookupError(f"{client.base_url}: a series of the study has no instances to retrieve")
     return paths
@@ -167,7 +185,8 @@ def store_instances(client: Any, paths: Sequence[str | os.PathLike]) -> list[str
             ds = pydicom.dcmread(str(path))
         except (InvalidDicomError, OSError) as e:
             raise ValueError(f"{path}: not a readable DICOM file ({e})") from e
-        answer = client.store_instances([ds])
+        with _service(client, f"STOW-RS of {Path(path).name}"):
+            answer = client.store_instances([ds])
         failed = answer.get("FailedSOPSequence") or []
         if failed:
             reason = failed[0].get("FailureReason")
