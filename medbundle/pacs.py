@@ -81,6 +81,7 @@ def pacs_infer(
 
     Raises:
         LookupError: the archive has no series of the study, or none of the wanted modalities.
+        ConnectionError: a DICOMweb request failed (the message names the server and the HTTP status).
         RuntimeError: the inference failed (the message holds its last log lines), wrote no SR, wrote an SR of
             another study, or the archive refused an SR.
     """
@@ -112,8 +113,9 @@ def pacs_infer(
                         log=work / "inference.log", echo=echo)
         sr_files = sorted((out_dir / "sr").glob("*.dcm"))
         if not sr_files:
-            raise RuntimeError(f"{bdir.name} wrote no DICOM SR under {out_dir / 'sr'} (see {work / 'inference.log'}); "
-                               "its inference.json needs a write_sr option and DICOM input")
+            log = "pass --workdir to keep its log" if temporary else f"see {work / 'inference.log'}"
+            raise RuntimeError(f"{bdir.name} wrote no DICOM SR under {out_dir / 'sr'} ({log}); its inference.json "
+                               "needs a write_sr option and DICOM input")
         _check_study(sr_files, study_uid)
         stored = store_instances(client, sr_files) if store else []
         for path, uid in zip(sr_files, stored):
