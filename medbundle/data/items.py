@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from medbundle.io.dicom import is_dicom_file
+
 __all__ = ["IMAGE_SUFFIXES", "inference_items"]
 
 #: File endings picked up when inference is pointed at a folder (2D and 3D image formats).
@@ -22,22 +24,32 @@ def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
-def _is_series_folder(path: Path) -> bool:
+def _is_dicom(path: Path, suffixes: Sequence[str]) -> bool:
+    """A DICOM file by its name, or, when its name ends in none of ``suffixes`` (PACS exports: ``IM0001``, a UID
+    such as ``1.2.840.113619.2.1.7``, ``.dcm`` missing), by its first bytes (preamble + ``DICM``, or a data set
+    written without them)."""
+    return _has_suffix(path, _DICOM_SUFFIXES) or (not _has_suffix(path, suffixes) and is_dicom_file(path))
+
+
+def _is_series_folder(path: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> bool:
     """A folder that directly holds DICOM slices (one volume)."""
-    return path.is_dir() and any(p.is_file() and _has_suffix(p, _DICOM_SUFFIXES) for p in path.iterdir())
+    return path.is_dir() and any(p.is_file() and _is_dicom(p, suffixes) for p in path.iterdir())
 
 
 def _scan(path: Path, suffixes: Sequence[str], recursive: bool, dicom_series: bool) -> list[Path]:
-    if dicom_series and _is_series_folder(path):
+    if dicom_series and _is_series_folder(path, suffixes):
         return [path]
     found: list[Path] = []
     for p in sorted(path.iterdir()):
         if p.is_dir():
-            if dicom_series and _is_series_folder(p):
+            if dicom_series and _is_series_folder(p, suffixes):
                 found.append(p)
             elif recursive:
                 found.extend(_scan(p, suffixes, recursive, dicom_series))
-        elif _has_suffix(p, suffixes) and not (dicom_series and _has_suffix(p, _DICOM_SUFFIXES)):
+        elif dicom_series:
+            if _has_suffix(p, suffixes) and not _has_suffix(p, _DICOM_SUFFIXES):
+                found.append(p)
+        elif _has_suffix(p, suffixes) or _is_dicom(p, suffixes):
             found.append(p)
     return found
 
@@ -53,14 +65,16 @@ def inference_items(
     """Build the inference datalist ``[{key: path, "filename": path}, ...]``.
 
     Args:
-        source: one image file; a folder (every file ending in one of ``suffixes``, sorted, recursing into sub-folders
-            when ``recursive``); a MONAI datalist JSON (its ``split`` list, or a bare list); or a list of paths.
+        source: one image file; a folder (every file ending in one of ``suffixes``, and every DICOM file whatever
+            its name, sorted, recursing into sub-folders when ``recursive``); a MONAI datalist JSON (its ``split``
+            list, or a bare list); or a list of paths.
         key: the item key that holds the path.
         split: which list of a datalist JSON to use.
         suffixes: file endings that count as images when scanning a folder.
         recursive: scan sub-folders.
-        dicom_series: 3D data: a folder that directly holds ``.dcm`` files is one item (a DICOM series, read by a series
-            reader), and loose ``.dcm`` files are not items of their own.
+        dicom_series: 3D data: a folder that directly holds DICOM files (``.dcm``, ``.dicom`` or any name with DICOM
+            content) is one item (a DICOM series, read by a series reader), and loose DICOM files are not items of
+            their own.
 
     Returns:
         A list of dicts; each keeps every field of a datalist item and adds ``"filename"`` (the path as
