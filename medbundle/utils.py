@@ -7,11 +7,13 @@ Torch tensors are recognised by their ``detach``/``cpu`` methods, so that module
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["to_jsonable", "to_numpy"]
+__all__ = ["as_bool", "safe_stem", "to_jsonable", "to_numpy"]
 
 
 def to_numpy(x: Any, name: str = "input", dtype: Any = None) -> np.ndarray:
@@ -53,3 +55,20 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def as_bool(value) -> bool:
+    """A config switch as bool; command-line overrides arrive as text unless written as Python literals."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def safe_stem(path: str) -> str:
+    """A file name stem safe for output files: ``/a/b/img 1.nii.gz`` -> ``img_1``."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".png", ".jpg", ".jpeg", ".dcm", ".nii", ".mhd", ".tiff", ".tif"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "image"

@@ -14,9 +14,9 @@ from monai.transforms import Invertd, SaveImage
 from monai.utils import min_version, optional_import
 
 from medbundle.data.failures import failure_reason
-from medbundle.handlers.inference import as_bool
 from medbundle.handlers.streaming import batch_field, engine_outputs
 from medbundle.metrics.classification import multiclass_decision
+from medbundle.utils import as_bool
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medbundle.data.failures import failure_reason
-from medbundle.handlers.inference import as_bool, safe_stem
+from medbundle.utils import as_bool, safe_stem
 
 __all__ = ["SRWriter"]
 

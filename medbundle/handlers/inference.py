@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,33 +17,16 @@ from medbundle.data.streaming import InferencePlan
 from medbundle.handlers.classification import load_thresholds
 from medbundle.handlers.streaming import StreamingWriter, batch_field, engine_outputs
 from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
-from medbundle.utils import to_jsonable
+from medbundle.utils import as_bool, safe_stem, to_jsonable
 
 if TYPE_CHECKING:
     from medbundle.handlers.dicom_sr import SRWriter
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["GradCAMSaver", "PredictionsWriter", "as_bool", "safe_stem"]
+__all__ = ["GradCAMSaver", "PredictionsWriter"]
 
 logger = logging.getLogger("medbundle.handlers")
-
-
-def as_bool(value) -> bool:
-    """A config switch as bool; command-line overrides arrive as text unless written as Python literals."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def safe_stem(path: str) -> str:
-    """A file name stem safe for output files: ``/a/b/img 1.nii.gz`` -> ``img_1``."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".png", ".jpg", ".jpeg", ".dcm", ".nii", ".mhd", ".tiff", ".tif"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "image"
 
 
 class PredictionsWriter(StreamingWriter):

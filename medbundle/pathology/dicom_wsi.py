@@ -33,6 +33,7 @@ import numpy as np
 
 from medbundle.io.dicom import is_dicom_file
 from medbundle.io.dicom_write import ds_string, new_dataset, save_dicom, set_synthetic_patient
+from medbundle.pathology.pyramid import level_tiles, pyramid_downsamples
 
 __all__ = [
     "VL_WSI_SOP_CLASS",
@@ -485,8 +486,6 @@ def write_dicom_wsi(
     Returns:
         The files written, level 0 first.
     """
-    from medbundle.pathology.synthetic import level_tiles, pyramid_downsamples
-
     compression = str(compression).lower()
     if compression not in ("jpeg", "none"):
         raise ValueError(f"compression must be 'jpeg' or 'none', got {compression!r}")

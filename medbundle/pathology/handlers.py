@@ -36,12 +36,11 @@ from medbundle.data.failures import failure_reason
 from medbundle.data.streaming import InferencePlan
 from medbundle.distributed import is_rank0
 from medbundle.handlers.classification import ClassificationReport, load_thresholds
-from medbundle.handlers.inference import as_bool, safe_stem
 from medbundle.handlers.streaming import StreamingWriter, batch_field, engine_outputs
 from medbundle.io.results import SKIPPED_TABLE, ResultTables, TableSpec
 from medbundle.metrics.roc import midgap_youden_thresholds
 from medbundle.pathology.decisions import QuadraticKappaMetric, check_label_mode, decide
-from medbundle.utils import to_jsonable
+from medbundle.utils import as_bool, safe_stem, to_jsonable
 
 if TYPE_CHECKING:
     from medbundle.handlers.dicom_sr import SRWriter

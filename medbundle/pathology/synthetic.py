@@ -32,7 +32,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,13 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 from scipy import ndimage
 
+from medbundle.pathology.pyramid import level_tiles, pyramid_downsamples
+
 __all__ = [
     "MICRO_SHARE",
     "SyntheticSlide",
     "generate_camelyon16",
     "generate_panda",
-    "level_tiles",
     "make_slide",
     "tumour_fraction_targets",
     "tumour_share",
@@ -55,7 +56,7 @@ __all__ = [
     "write_synthetic_slide",
 ]
 
-TILE = 256
+TILE = 256  # tile side of the synthetic writers, px (the pyramid module's default too)
 
 # colours (RGB, 0-255)
 _BACKGROUND = np.array([243.0, 242.0, 246.0], np.float32)
@@ -554,33 +555,6 @@ def _scale_to_share(polys: list[np.ndarray], tissue: np.ndarray, step: int, targ
 # ----------------------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------------------
-def pyramid_downsamples(height: int, width: int, min_size: int = 256, max_levels: int = 10) -> list[int]:
-    """Power-of-two downsamples 1, 2, 4, ... while both sides stay divisible and the level keeps at least
-    ``min_size`` pixels on its shorter side (so each level halves the previous one exactly)."""
-    ds = [1]
-    while len(ds) < max_levels:
-        d = ds[-1] * 2
-        if height % d or width % d or min(height, width) // d < min_size:
-            break
-        ds.append(d)
-    return ds
-
-
-def level_tiles(render: Callable[[int, int, int, int, int], np.ndarray], downsample: int, height: int, width: int,
-                tile: int = TILE) -> Iterator[np.ndarray]:
-    """The ``(tile, tile, 3)`` uint8 tiles of one pyramid level (``height`` x ``width`` level pixels) in row-major
-    order, rendered by ``render(downsample, y0, x0, h, w)``; edge tiles are padded by repeating the edge."""
-    for ty in range(0, height, tile):
-        for tx in range(0, width, tile):
-            h, w = min(tile, height - ty), min(tile, width - tx)
-            t = render(downsample, ty, tx, h, w)
-            if t.shape != (h, w, 3) or t.dtype != np.uint8:
-                raise ValueError(f"render returned {t.shape} {t.dtype}, expected ({h}, {w}, 3) uint8")
-            if (h, w) != (tile, tile):
-                t = np.pad(t, ((0, tile - h), (0, tile - w), (0, 0)), mode="edge")
-            yield t
-
-
 def write_pyramidal_tiff(
     path: str | os.PathLike,
     height: int,
