@@ -51,7 +51,8 @@ def test_select_series_prefers_most_slices_and_says_why(tmp_path):
     assert sorted(s.frames for s in found) == [6, 12]  # the SR is not an image series
     files, reason = select_series(folder)
     assert len(files) == 12 and all("thin_" in f for f in files)
-    assert reason.startswith("series 1 (SeriesInstanceUID ") and "12 axial slices, 1 mm) chosen of 2 series" in reason
+    assert reason.startswith("series 1 (CT, 12 axial slices, 1 mm) chosen of 2 series"), reason
+    assert not any(s.uid in reason for s in found)  # no UID: the line reaches logs and predictions.csv
     assert "passed over: series 1" in reason and "6 axial slices, 5 mm" in reason
     assert "Synthetic" not in reason and "SYN-" not in reason  # no patient name or id
     # files come in slice order (inferior to superior)

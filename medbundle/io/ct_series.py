@@ -95,11 +95,12 @@ class SeriesInfo:
     thickness: float | None
 
     def describe(self) -> str:
-        """``series 3 (SeriesInstanceUID 1.2..., CT, 120 axial slices, 1.25 mm)``."""
+        """``series 3 (CT, 120 axial slices, 1.25 mm)``: what tells the series apart, without its UID (DICOM
+        de-identification treats UIDs as identifiers, and this line reaches logs and the prediction tables)."""
         kind = "localizer" if self.localizer else ("axial" if self.axial else "non-axial")
         thick = f", {self.thickness:g} mm" if self.thickness is not None else ""
-        return (f"series {self.number if self.number is not None else '?'} (SeriesInstanceUID {self.uid or '?'}, "
-                f"{self.modality or '?'}, {self.frames} {kind} slices{thick})")
+        return (f"series {self.number if self.number is not None else '?'} "
+                f"({self.modality or '?'}, {self.frames} {kind} slices{thick})")
 
 
 def _normal_is_axial(iop: Sequence[Any] | None) -> bool:
@@ -194,7 +195,7 @@ def select_series(folder: str | os.PathLike) -> tuple[list[str], str]:
     Returns:
         ``(files, reason)``: the chosen series' files in slice order (:func:`dicom_position_order`; an
         enhanced multi-frame series is its one file) and one line naming the chosen series (SeriesNumber,
-        SeriesInstanceUID, slice count, thickness) and the ones passed over. No patient identifier.
+        modality, slice count, thickness) and the ones passed over. No patient identifier and no UID.
 
     Raises:
         ValueError: ``folder`` holds no DICOM image; the message names the folder.
