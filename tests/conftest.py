@@ -40,3 +40,18 @@ def missing_properties(cfg: Path, config: str, kind: str, bundle_root: Path, **o
                         **overrides)
     wf.initialize()
     return wf.check_properties()
+
+
+def fresh_model(bundle: str, work: Path, overrides: dict) -> None:
+    """A freshly initialised network of the bundle's inference config, saved where inference loads it."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    cfg = BUNDLES / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "inference.json"), str(cfg / "demo.json")])
+    parser.update({"bundle_root": str(work), **overrides})
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def")
+    (work / "models").mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), work / "models" / "model.pt")

@@ -27,6 +27,7 @@ from medbundle.xray.synthetic import write_xray_dicom
 
 hd = pytest.importorskip("highdicom")
 from pydicom.sr.codedict import codes  # noqa: E402 - after the highdicom check
+from sr_readback import class_findings, score  # noqa: E402
 
 PATIENT_NUMBER = 4242  # synthetic radiographs: PatientID SYN00004242, PatientName Synthetic^00004242
 CASE = "p7731"  # synthetic CT series: PatientID SYN-p7731, PatientName Synthetic^p7731
@@ -86,21 +87,6 @@ def _check_sr(path, source_files, texts: list[str]):
     return sr
 
 
-def _score(group) -> float:
-    (m,) = group.get_measurements(name=codes.DCM.CertaintyOfFinding)
-    assert m.unit.value == "1"
-    return float(m.value)
-
-
-def _class_findings(sr) -> dict[str, tuple[float, str | None]]:
-    """``{finding meaning (lower case): (probability, "Present"/"Absent"/None)}`` read back with highdicom."""
-    out = {}
-    for g in sr.content.get_image_measurement_groups():
-        calls = g.get_qualitative_evaluations()
-        out[g.finding_type.meaning.lower()] = (_score(g), calls[0].value.meaning if calls else None)
-    return out
-
-
 def _texts(out, proc) -> list[str]:
     files = [p for p in out.rglob("*") if p.suffix in (".csv", ".json") and p.is_file()]
     return [proc.stdout + proc.stderr, *(p.read_text() for p in files)]
@@ -115,7 +101,7 @@ def test_classification_sr_builds_calls_from_thresholds_and_codes_classes(tmp_pa
     groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
     assert [g.finding_type.scheme_designator for g in groups] == ["SCT", PRIVATE_SCHEME, PRIVATE_SCHEME]
     assert groups[0].finding_type.value == codes.SCT.Nodule.value
-    assert [_score(g) for g in groups] == [0.8, 0.2, 0.6]
+    assert [score(g) for g in groups] == [0.8, 0.2, 0.6]
     assert [[q.value.meaning for q in g.get_qualitative_evaluations()] for g in groups] == [["Present"], ["Present"],
                                                                                              []]
     texts = {e.value for e in sr.iterall() if e.keyword == "TextValue"}  # algorithm name and version, TID 4019
@@ -145,7 +131,7 @@ def test_sr_writer_skips_non_dicom_and_logs_a_report_that_fails(tmp_path, caplog
     assert "no DICOM SR for pic: its source is not DICOM" in caplog.text
     assert "no DICOM SR for flat: ValueError" in caplog.text and "FrameOfReferenceUID" in caplog.text
     assert "SYN00004242" not in caplog.text
-    assert _class_findings(hd.sr.srread(str(sr.written[0]))) == {"a": (0.25, "Absent")}
+    assert class_findings(hd.sr.srread(str(sr.written[0]))) == {"a": (0.25, "Absent")}
 
 
 # ------------------------------------------------------------------------------------------------- classifiers
@@ -164,7 +150,7 @@ def test_chest_xray_classification_sr(tmp_path):
     sr = _check_sr(out / "sr" / "film.dcm", [dcm], _texts(out, proc))
     pred = json.loads((out / "predictions.json").read_text())
     (row,) = [r for r in pred["predictions"] if r["file"].endswith("film.dcm")]
-    found = _class_findings(sr)
+    found = class_findings(sr)
     assert list(found) == [c.lower() for c in row["probabilities"]]
     for c, p in row["probabilities"].items():
         assert found[c.lower()] == (pytest.approx(p, abs=1e-6), "Present" if c in row["positive"] else "Absent")
@@ -187,7 +173,7 @@ def test_ct_volume_classification_sr(tmp_path):
     sr = _check_sr(out / "sr" / "chest_series.dcm", files, _texts(out, proc))
     (row,) = csv.DictReader(open(out / "predictions.csv"))
     names = json.loads((BUNDLES / bundle / "configs" / "inference.json").read_text())["class_names"]
-    found = _class_findings(sr)
+    found = class_findings(sr)
     assert list(found) == [c.lower() for c in names]
     for c in names:
         assert found[c.lower()] == (pytest.approx(float(row[c]), abs=1e-6),
@@ -219,7 +205,7 @@ def test_lung_nodule_detection_sr(tmp_path):
     frame = read_source_headers(files[0])[0].FrameOfReferenceUID
     for g, mark, box in zip(groups, marks, boxes["boxes"]):
         assert g.finding_type.value == codes.SCT.Nodule.value
-        assert _score(g) == pytest.approx(float(mark["probability"]), abs=1e-9)
+        assert score(g) == pytest.approx(float(mark["probability"]), abs=1e-9)
         surface = g.roi
         assert surface.graphic_type.value == "ELLIPSOID" and surface.frame_of_reference_uid == frame
         assert surface.source_series_for_segmentation.value == read_source_headers(files[0])[0].SeriesInstanceUID
@@ -255,7 +241,7 @@ def test_chest_xray_lesion_detection_sr(tmp_path):
     sop = read_source_headers(dcm)[0].SOPInstanceUID
     for g, det, row in zip(groups, dets, rows):
         assert g.finding_type.meaning.lower() == det["class"] == row["class"]
-        assert _score(g) == pytest.approx(float(row["score"]), abs=1e-9)
+        assert score(g) == pytest.approx(float(row["score"]), abs=1e-9)
         region = g.roi
         assert region.graphic_type.value == "POLYLINE"
         (image,) = [item for item in region.ContentSequence if item.ValueType == "IMAGE"]

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLES
+from conftest import BUNDLES, fresh_model
 from orthanc_server import free_port, require_orthanc, running_orthanc
 
 require_orthanc()
 
-from test_streaming_inference import _fresh_model  # noqa: E402
 
 from medbundle.cli import main  # noqa: E402
 from medbundle.ct.synthetic import write_ct_dicom_series  # noqa: E402
@@ -147,7 +146,7 @@ def test_pacs_infer_without_an_sr_stores_nothing_and_says_why(orthanc, study, tm
     client = connect(orthanc.dicomweb)
     before = client.search_for_series(study_instance_uid=study["uid"], search_filters={"Modality": "SR"})
     work = tmp_path / "bundle"
-    _fresh_model(CXR, work, {})
+    fresh_model(CXR, work, {})
     rc = main(["pacs-infer", CXR, "--dicomweb", orthanc.dicomweb, "--study", study["uid"], "--bundle-root", str(work),
                "--config", str(BUNDLES / CXR / "configs" / "demo.json"), "--set", "save_gradcam=False",
                "--set", "write_sr=False", "--workdir", str(tmp_path / "pacs")])
@@ -178,7 +177,7 @@ def test_pacs_infer_stores_the_bundles_sr_in_the_source_study(orthanc, study, tm
 
     work = tmp_path / "bundle"
     cfg = BUNDLES / bundle / "configs"
-    _fresh_model(bundle, work, {})
+    fresh_model(bundle, work, {})
     rc = main(["pacs-infer", bundle, "--dicomweb", orthanc.dicomweb, "--study", study["uid"],
                "--bundle-root", str(work), "--config", str(cfg / "demo.json"), "--set", "save_gradcam=False",
                "--workdir", str(tmp_path / "pacs")])
@@ -210,10 +209,11 @@ def test_pacs_infer_stores_the_bundles_sr_in_the_source_study(orthanc, study, tm
         groups = getattr(content, f"get_{kind}_roi_measurement_groups")()
         assert len(groups) == len(boxes) > 0
         return
-    from test_dicom_sr import _class_findings
 
     (row,) = list(csv.DictReader(open(output / "predictions.csv")))
-    found = _class_findings(hd.sr.Comprehensive3DSR.from_dataset(stored))
+    from sr_readback import class_findings
+
+    found = class_findings(hd.sr.Comprehensive3DSR.from_dataset(stored))
     probs = {k.lower(): float(v) for k, v in row.items()
              if k not in ("file", "note", "predicted") and not k.endswith("_positive")}
     assert set(found) == set(probs) and len(probs) == (14 if bundle == CXR else 3)

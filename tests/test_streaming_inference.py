@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, config_list
-from monai.bundle import ConfigParser
+from conftest import BUNDLES, config_list, fresh_model
 
 from medbundle.data.streaming import FailedItem, InferencePlan, SafeDataset, SkipFailedCollate
 from medbundle.engines.streaming import StreamingEvaluator
@@ -205,18 +204,6 @@ def _infer(env: dict, bundle: str, work: Path, source: Path, out: Path, *extra: 
     return log
 
 
-def _fresh_model(bundle: str, work: Path, overrides: dict) -> None:
-    """A freshly initialised network of the bundle's inference config, saved where inference loads it."""
-    cfg = BUNDLES / bundle / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(cfg / "inference.json"), str(cfg / "demo.json")])
-    parser.update({"bundle_root": str(work), **overrides})
-    torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    (work / "models").mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), work / "models" / "model.pt")
-
-
 def _skip_lines(log: str) -> list[str]:
     """The lines that report a skipped item (``... - WARNING - skipping <file> (<stage>): <reason>``)."""
     return [line for line in log.splitlines() if " - WARNING - skipping " in line]
@@ -258,7 +245,7 @@ def cxr(tmp_path_factory, helpers):
     root = tmp_path_factory.mktemp("cxr_stream")
     generate_chestxray14(root / "data", n_patients=8, size=48, n_dicom=2, seed=1, min_pos_per_split=0)
     work = root / "bundle"
-    _fresh_model("chest_xray_classification", work, {})
+    fresh_model("chest_xray_classification", work, {})
     return root, work, _env(helpers)
 
 
@@ -384,7 +371,7 @@ def test_ct_resume_skips_done_volumes(tmp_path, helpers):
                         prevalences={"normal": 0.5, "consolidation": 0.5}, n_dicom_series=0, seed=3,
                         min_per_class=0, test_fraction=0.5, write_masks=False)
     work = tmp_path / "bundle"
-    _fresh_model("ct_volume_classification", work, {"class_names": classes})
+    fresh_model("ct_volume_classification", work, {"class_names": classes})
     extra = ["--class_names", repr(classes), "--save_gradcam", "False"]
     _resume_check(_env(helpers), "ct_volume_classification", work, tmp_path / "ct" / "volumes", tmp_path,
                   "predictions.csv", extra)
@@ -398,7 +385,7 @@ def test_detection_resume_skips_done_scans_and_keeps_marks_once(tmp_path, helper
                               excluded_per_scan=(0, 0))
     work = tmp_path / "bundle"
     anchors = [[3, 3, 2], [5, 5, 3]]
-    _fresh_model("lung_nodule_retinanet_detection", work, {"base_anchor_shapes": anchors})
+    fresh_model("lung_nodule_retinanet_detection", work, {"base_anchor_shapes": anchors})
     extra = ["--spacing", "[2.0, 2.0, 3.0]", "--val_patch_size", "[64, 64, 48]", "--base_anchor_shapes",
              repr(anchors), "--box_selector", "{'score_thresh': 0.0, 'topk_candidates_per_level': 20, "
              "'nms_thresh': 0.22, 'detections_per_img': 4}"]
@@ -419,7 +406,7 @@ def test_wsi_resume_skips_done_slides_and_keeps_top_patches_once(tmp_path, helpe
     generate_camelyon16(tmp_path / "cam", n_train_normal=0, n_train_tumor=0, n_test_normal=2, n_test_tumor=1,
                         size=1024, mpp=1.0, seed=5, tumour_radius_um=(150.0, 250.0))
     work = tmp_path / "bundle"
-    _fresh_model("wsi_mil_classification", work, {"patch_size": 32})
+    fresh_model("wsi_mil_classification", work, {"patch_size": 32})
     out, _ = _resume_check(_env(helpers), "wsi_mil_classification", work, tmp_path / "cam" / "testing" / "images",
                            tmp_path, "predictions.csv", ["--patch_size", "32", "--save_maps", "False"])
     top = _rows(out / "top_patches.csv")[1:]
