@@ -93,6 +93,18 @@ def _texts(out, proc) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- builder
+def test_finding_codes_are_snomed_concepts_named_like_the_class_else_private():
+    from medbundle.io.dicom_sr import finding_code
+
+    assert (finding_code("Cardiomegaly").scheme_designator, finding_code("Cardiomegaly").value) == ("SCT", "287272002")
+    assert finding_code("pleural_effusion").value == codes.SCT.PleuralEffusion.value == "60046008"
+    assert finding_code("Effusion").value == "41699000" and finding_code("nodule").meaning == "Nodule"
+    for name in ("Pleural_Thickening", "Nodule/Mass", "ILD", "consolidation"):  # no DICOM SNOMED concept of that name
+        c = finding_code(name)
+        assert (c.scheme_designator, c.value, c.meaning) == (PRIVATE_SCHEME, name, name)
+    assert finding_code("Mass", {"Mass": codes.SCT.Nodule}).value == codes.SCT.Nodule.value  # the caller's map wins
+
+
 def test_classification_sr_builds_calls_from_thresholds_and_codes_classes(tmp_path):
     path = write_xray_dicom(tmp_path / "x.dcm", np.full((16, 20), 100, np.uint8), patient_number=PATIENT_NUMBER)
     sr = classification_sr(read_source_headers(path), {"Nodule": 0.8, "Pleural_Thickening": 0.2, "Hernia": 0.6},

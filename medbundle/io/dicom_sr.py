@@ -16,8 +16,9 @@ Every report is marked as research output: VerificationFlag ``UNVERIFIED``, Prel
 and the series description :data:`RESEARCH_NOTE`; the model (name and version) is the observing device and
 the algorithm of every finding. Scores are ``Certainty of finding`` (DCM
 111012) in UCUM unit ``1`` (a probability in [0, 1]); the value is stored exactly (FloatingPointValue) and as
-a decimal string. Class findings are coded as in ``finding_codes`` when given, as SNOMED CT ``Nodule`` for a
-class named ``nodule``, else in the private scheme :data:`PRIVATE_SCHEME` with the class name as meaning.
+a decimal string. Class findings are coded as in ``finding_codes`` when given, else as the SNOMED CT concept
+of the DICOM concept dictionary named like the class (``Cardiomegaly``, ``Pleural effusion``, ``Nodule``, ...),
+else in the private scheme :data:`PRIVATE_SCHEME` with the class name as meaning (:func:`finding_code`).
 
 highdicom (with pydicom 3) is imported inside the functions; without it they raise ImportError naming the
 extra to install. :func:`read_source_headers` reads the headers of a DICOM file or series folder without
@@ -28,6 +29,7 @@ pixels (the image readers strip identifiers from their metadata, so the SR write
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,14 +145,31 @@ def save_sr(sr: Any, path: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- codes
+def _snomed_keyword(name: str) -> str:
+    """``"pleural_effusion"`` / ``"Pleural effusion"`` -> ``"PleuralEffusion"``, the keyword style of pydicom's
+    concept dictionary (a word already in capitals stays so)."""
+    words = [w for w in re.split(r"[^0-9A-Za-z]+", name) if w]
+    return "".join(w if w.isupper() else w[:1].upper() + w[1:].lower() for w in words)
+
+
 def finding_code(name: str, finding_codes: Mapping[str, Any] | None = None) -> Any:
-    """The coded concept of a class: ``finding_codes[name]``, SNOMED CT Nodule for ``"nodule"``, else private."""
+    """The coded concept of a class.
+
+    ``finding_codes[name]`` when given; else the SNOMED CT concept of pydicom's DICOM concept dictionary whose
+    keyword is the class name itself (``Cardiomegaly``, ``Mass``, ``Nodule``, ``Pneumothorax``, ``Edema``,
+    ``Effusion``, ``Pleural effusion``, ``Fibrosis``, ``Normal``, ``Tumor``, ...: names only, no guessing of
+    synonyms); else a private code (:data:`PRIVATE_SCHEME`) with the class name as meaning.
+    """
     hd, codes = _hd()
     if finding_codes and name in finding_codes:
         code = finding_codes[name]
         return code if isinstance(code, hd.sr.CodedConcept) else hd.sr.CodedConcept.from_code(code)
-    if name.strip().lower() == "nodule":
-        return hd.sr.CodedConcept.from_code(codes.SCT.Nodule)
+    keyword = _snomed_keyword(name)
+    if keyword:
+        try:
+            return hd.sr.CodedConcept.from_code(getattr(codes.SCT, keyword))
+        except AttributeError:  # not a DICOM SNOMED CT concept
+            pass
     return hd.sr.CodedConcept(value=name[:64], scheme_designator=PRIVATE_SCHEME, meaning=name[:64])
 
 
