@@ -13,6 +13,7 @@ import csv
 import json
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from conftest import BUNDLES, config_list, missing_properties, run_bundle
@@ -122,6 +123,12 @@ def test_inference_same_boxes_for_metaimage_dicom_and_png(trained, tmp_path):
     # the same picture three ways: 8-bit PNG (no spacing), DICOM with the spacing, MetaImage of the same 8-bit values
     Image.fromarray(picture).save(inputs / "as_png.png")
     write_xray_dicom(inputs / "as_dicom.dcm", picture, pixel_spacing=spacing)
+    # a colour secondary capture of the same grey picture: read as its luminance, with a note in the image's JSON
+    rgb = pydicom.dcmread(inputs / "as_dicom.dcm")
+    rgb.PhotometricInterpretation, rgb.SamplesPerPixel, rgb.PlanarConfiguration = "RGB", 3, 0
+    rgb.BitsAllocated, rgb.BitsStored, rgb.HighBit = 8, 8, 7
+    rgb.PixelData = np.repeat(picture[..., None], 3, axis=2).tobytes()
+    rgb.save_as(inputs / "as_rgb.dcm")
     (inputs / "as_mha.mha").write_bytes(
         (f"ObjectType = Image\nNDims = 2\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
          f"ElementSpacing = {spacing} {spacing}\nDimSize = {picture.shape[1]} {picture.shape[0]}\n"
@@ -133,13 +140,14 @@ def test_inference_same_boxes_for_metaimage_dicom_and_png(trained, tmp_path):
             "--box_selector", "{'score_thresh': 0.0, 'nms_thresh': 0.3, 'detections_per_img': 10}"]
     proc = run_bundle(args)
     assert "broken.png" in proc.stdout + proc.stderr
-    res = {n: json.loads((out / f"{n}_boxes.json").read_text()) for n in ("as_png", "as_dicom", "as_mha")}
+    res = {n: json.loads((out / f"{n}_boxes.json").read_text()) for n in ("as_png", "as_dicom", "as_mha", "as_rgb")}
+    assert res["as_rgb"]["note"] == "RGB->luminance" and "note" not in res["as_dicom"]
     ref = res["as_mha"]
     assert ref["size"] == [picture.shape[1], picture.shape[0]]
     assert ref["spacing_mm"] == pytest.approx([spacing, spacing])
     assert res["as_png"]["spacing_mm"] is None
     assert len(ref["detections"]) == 10
-    for name in ("as_png", "as_dicom"):
+    for name in ("as_png", "as_dicom", "as_rgb"):
         got = res[name]["detections"]
         np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in ref["detections"]], atol=1e-3)
         np.testing.assert_allclose([d["box"] for d in got[:5]], [d["box"] for d in ref["detections"][:5]], atol=0.05)
@@ -150,7 +158,7 @@ def test_inference_same_boxes_for_metaimage_dicom_and_png(trained, tmp_path):
     skipped = list(csv.DictReader(open(out / "skipped.csv")))
     assert [r["image_id"] for r in skipped] == ["broken"]
     ledger = (out / "images.csv").read_text().split()
-    assert sorted(ledger) == ["as_dicom", "as_mha", "as_png"]
+    assert sorted(ledger) == ["as_dicom", "as_mha", "as_png", "as_rgb"]
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*_boxes.json")}
     run_bundle(args)  # a re-run skips what is done
     assert (out / "images.csv").read_text().split() == ledger

@@ -378,6 +378,8 @@ class ImageDetectionWriter(StreamingWriter):
             findings are the rows of the CSV (score at least ``score_threshold`` and ``sr.min_score``), each box a
             rectangle on the source image in its pixels, with class and score
             (:func:`medbundle.io.dicom_sr.detection_sr`).
+        note_key: An item field (e.g. ``"note"``, filled by :class:`~medbundle.transforms.fields.MetaToFieldd` with
+            the reader's ``colour_converted``) written, when not empty, as the image JSON's ``"note"``.
 
     Files: ``<image_id>_boxes.json``: ``{"image_id", "image", "size": [width, height], "spacing_mm": [x, y] or null,
     "detections": [{"class", "label", "score", "box": [x_min, y_min, x_max, y_max] (pixels of the stored image),
@@ -399,9 +401,11 @@ class ImageDetectionWriter(StreamingWriter):
         progress: bool = True,
         fsync: bool = False,
         sr: SRWriter | None = None,
+        note_key: str | None = None,
     ) -> None:
         super().__init__(output_dir, plan=plan, progress=progress, fsync=fsync, unit="image")
         self.sr = sr
+        self.note_key = note_key
         if plan is not None and (plan.done_table != "images.csv" or plan.key != "image_id"):
             raise ValueError(f"the plan must find done images in 'images.csv' by 'image_id'; it has "
                              f"done_table={plan.done_table!r}, key={plan.key!r}")
@@ -425,6 +429,7 @@ class ImageDetectionWriter(StreamingWriter):
         records = image_detection_records(output, start=self.n_seen)
         ids = batch_field(engine, "image_id", len(records))
         sources = batch_field(engine, "filename", len(records))
+        notes = batch_field(engine, self.note_key, len(records)) if self.note_key else []
         self.n_seen += len(records)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for i, r in enumerate(records):
@@ -449,6 +454,8 @@ class ImageDetectionWriter(StreamingWriter):
             content = {"image_id": iid, "image": r["filename"], "size": r["size"],
                        "spacing_mm": None if sp is None else sp, "box_mode": "xyxy pixels of the stored image",
                        "detections": dets}
+            if i < len(notes) and notes[i]:
+                content["note"] = str(notes[i])  # e.g. "RGB->luminance": a colour capture read as grey values
             with open(self.output_dir / f"{iid}_boxes.json", "w") as fh:
                 json.dump(to_jsonable(content), fh, indent=1)
             if self.sr is not None:
