@@ -225,18 +225,11 @@ def test_camelyon16_and_panda_layouts_as_dicom_have_the_same_slides_and_labels(t
 
 # ---------------------------------------------------------------------------------------------- bundle + SR
 def _sr_findings(path) -> dict[str, tuple[float, bool]]:
-    """``{class: (probability, present)}`` read back from an SR with highdicom."""
+    """``{class (lower case): (probability, present)}`` read back from an SR with highdicom."""
     hd = pytest.importorskip("highdicom")
-    from pydicom.sr.codedict import codes
+    from sr_readback import class_findings
 
-    sr = hd.sr.srread(str(path))
-    out = {}
-    for group in sr.content.get_image_measurement_groups():
-        name = group.finding_type.meaning
-        (m,) = group.get_measurements(name=codes.DCM.CertaintyOfFinding)
-        (q,) = group.get_qualitative_evaluations()
-        out[name] = (float(m.value), q.value == codes.SCT.Present)
-    return out
+    return {name: (p, call == "Present") for name, (p, call) in class_findings(hd.sr.srread(str(path))).items()}
 
 
 def test_slide_bundle_trains_on_dicom_slides_infers_and_writes_the_sr(tmp_path):
