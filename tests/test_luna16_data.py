@@ -290,10 +290,22 @@ def test_datalist_folds_and_boxes(luna_root):
 
     dl3 = luna16_datalist(root, n_folds=2)  # subsets 0, 2 -> fold 0; subset 1 -> fold 1 (validation)
     assert {it["subset"] for it in dl3["validation"]} == {1}
-    with pytest.raises(ValueError, match="both 1"):
+    with pytest.raises(ValueError, match="val_fold 1 is also a test fold"):
         luna16_datalist(root, val_fold=1, test_fold=1)
     with pytest.raises(ValueError, match="out of range"):
         luna16_datalist(root, val_fold=3)
+
+    # several test folds: their scans are all "testing"; the default validation fold is the last other one
+    dl4 = luna16_datalist(root, test_fold=[0, 2])
+    assert {it["subset"] for it in dl4["testing"]} == {0, 2} and {it["subset"] for it in dl4["validation"]} == {1}
+    assert dl4["training"] == [] and dl4["test_fold"] == [0, 2]
+    assert len(dl4["testing"]) + len(dl4["validation"]) == 6
+    with pytest.raises(ValueError, match="val_fold 2 is also a test fold"):
+        luna16_datalist(root, val_fold=2, test_fold=[0, 2])
+    with pytest.raises(ValueError, match="every fold is a test fold"):
+        luna16_datalist(root, test_fold=[0, 1, 2])
+    with pytest.raises(ValueError, match="test_fold=5 is out of range"):
+        luna16_datalist(root, test_fold=[0, 5])
 
 
 def test_datalist_warns_and_errors(tmp_path, luna_root):

@@ -108,7 +108,7 @@ def _rows_by_uid(table: Mapping[str, np.ndarray]) -> dict[str, list[list[float]]
 def luna16_datalist(
     root: str | os.PathLike,
     val_fold: int | None = None,
-    test_fold: int | None = None,
+    test_fold: int | Sequence[int] | None = None,
     n_folds: int | None = None,
     label: int = 0,
     include_excluded: bool = False,
@@ -120,9 +120,10 @@ def luna16_datalist(
     Args:
         root: Folder with ``subset0`` .. ``subsetN`` (scans) and ``annotations.csv``.
         val_fold, test_fold: Fold numbers whose scans form ``"validation"`` and ``"testing"``; all other scans are
-            ``"training"``. ``test_fold=None``: no test scans (``"testing"`` is empty). ``val_fold=None``: the last fold
-            (``n_folds - 1``), or the one before it when that is the test fold. Cross-validation as in MONAI's LUNA16
-            recipe: ``val_fold=k`` for k in 0..9, ``test_fold=None``.
+            ``"training"``. ``test_fold`` may list several folds (e.g. ``[4, 5, 6]``: a test set large enough that one
+            nodule is not a tenth of the sensitivity). ``test_fold=None``: no test scans (``"testing"`` is empty).
+            ``val_fold=None``: the last fold that is not a test fold. Cross-validation as in MONAI's LUNA16 recipe:
+            ``val_fold=k`` for k in 0..9, ``test_fold=None``.
         n_folds: Fold of a scan = its subset number modulo ``n_folds``; None: one fold per subset (the number of folds
             is the largest subset number found + 1).
         label: Class index written for every nodule.
@@ -137,11 +138,12 @@ def luna16_datalist(
             [[cx, cy, cz, d, d, d], ...] (world mm, LPS, cccwhd), "label": [label, ...], "seriesuid", "subset"}`` sorted
             by subset then UID; scans without nodules are included with empty ``box`` and ``label`` (they carry the
             false positives of a FROC analysis). ``"excluded"``: ``{uid: [[x, y, z, diameter_mm], ...]}`` for the scans
-            found. ``"n_folds"``, ``"val_fold"``, ``"test_fold"``: the split actually used.
+            found. ``"n_folds"``, ``"val_fold"``, ``"test_fold"``: the split actually used (``test_fold`` as given: an
+            int, a list of ints or None).
 
     Raises:
         FileNotFoundError: No scans, or no annotations file (the message names the path).
-        ValueError: A fold out of range, ``val_fold == test_fold``, or a bad CSV (see
+        ValueError: A fold out of range, ``val_fold`` among the test folds, or a bad CSV (see
             :func:`medbundle.io.luna16_csv.read_luna16_annotations`).
 
     Warns:
@@ -170,15 +172,18 @@ def luna16_datalist(
     folds = max_subset + 1 if n_folds is None else int(n_folds)
     if folds < 1:
         raise ValueError(f"n_folds must be >= 1, got {n_folds}.")
-    for name, value in (("val_fold", val_fold), ("test_fold", test_fold)):
+    test_folds = set() if test_fold is None else {int(f) for f in np.atleast_1d(np.asarray(test_fold)).tolist()}
+    if test_fold is not None and not test_folds:
+        raise ValueError("test_fold is an empty list; give fold numbers, or None for no test scans.")
+    for name, value in [("val_fold", val_fold)] + [("test_fold", f) for f in sorted(test_folds)]:
         if value is not None and not 0 <= int(value) < folds:
             raise ValueError(f"{name}={value} is out of range: folds are 0..{folds - 1} under {root}.")
     if val_fold is None:
-        val_fold = folds - 1 if test_fold is None or int(test_fold) != folds - 1 else folds - 2
+        val_fold = max((f for f in range(folds) if f not in test_folds), default=-1)
         if val_fold < 0:
-            raise ValueError(f"{root}: one fold only, which is the test fold; there is no fold left to validate on.")
-    if test_fold is not None and int(test_fold) == int(val_fold):
-        raise ValueError(f"val_fold and test_fold are both {val_fold}; pick different folds.")
+            raise ValueError(f"{root}: every fold is a test fold; there is no fold left to validate on.")
+    if int(val_fold) in test_folds:
+        raise ValueError(f"val_fold {val_fold} is also a test fold ({sorted(test_folds)}); pick different folds.")
 
     out: dict[str, Any] = {"training": [], "validation": [], "testing": []}
     for uid, (path, k) in sorted(scans.items(), key=lambda kv: (kv[1][1], kv[0])):
@@ -195,7 +200,7 @@ def luna16_datalist(
                 [x, y, z, *([d if d > 0 else _DEFAULT_EXCLUDED_DIAMETER] * 3)] for x, y, z, d in excl.get(uid, [])
             ]
         fold = k % folds
-        if test_fold is not None and fold == int(test_fold):
+        if fold in test_folds:
             split = "testing"
         else:
             split = "validation" if fold == int(val_fold) else "training"
