@@ -94,7 +94,7 @@ def test_wbf_weights_classes_threshold_and_empty_readers():
     np.testing.assert_allclose(lone.scores, [1 / 3])
     empty = weighted_box_fusion([[], []], [[], []])
     assert empty.boxes.shape == (0, 4) and empty.labels.shape == (0,)
-    with pytest.raises(ValueError, match="x_max < x_min"):
+    with pytest.raises(ValueError, match="max corner below its min corner"):
         weighted_box_fusion([[[5, 0, 1, 4]]], [[0]])
     with pytest.raises(ValueError, match="2 readers' boxes but 1"):
         weighted_box_fusion([[], []], [[]])

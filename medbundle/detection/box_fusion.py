@@ -9,6 +9,9 @@ Image and Vision Computing 2021, arXiv:1910.13302), written anew in numpy; it fo
 
 Boxes are corners ``[x_min, y_min, x_max, y_max]`` in any one frame (pixels here); IoU is scale free, so nothing
 is normalised. Areas are ``(x_max - x_min) * (y_max - y_min)`` (no ``+ 1``: pixel ``i`` covers ``[i, i + 1)``).
+The same rule fuses 3D boxes ``[x_min, y_min, z_min, x_max, y_max, z_max]`` (IoU of volumes): the lung nodule
+detector's test-time augmentation treats each flipped pass as a reader (:class:`~medbundle.detection.inferers.
+DetectorInferer`).
 """
 
 from __future__ import annotations
@@ -24,36 +27,44 @@ __all__ = ["FusedBoxes", "box_iou", "weighted_box_fusion"]
 class FusedBoxes(NamedTuple):
     """What :func:`weighted_box_fusion` returns (``N`` fused boxes, sorted by label, then score high to low)."""
 
-    boxes: np.ndarray  #: ``(N, 4)`` float64 corners ``[x_min, y_min, x_max, y_max]``
+    boxes: np.ndarray  #: ``(N, 4)`` float64 corners ``[x_min, y_min, x_max, y_max]`` (``(N, 6)`` for 3D boxes)
     labels: np.ndarray  #: ``(N,)`` int64 class of each box
     scores: np.ndarray  #: ``(N,)`` float64: weighted share of the readers that marked it (in [0, 1] for scores <= 1)
     n_readers: np.ndarray  #: ``(N,)`` int64 number of distinct readers whose boxes were fused into it
 
 
-def _as_boxes(value: Any, what: str) -> np.ndarray:
+def _as_boxes(value: Any, what: str, width: int | None = None) -> np.ndarray:
+    """``value`` as float64 corner boxes ``(N, 4)`` (2D) or ``(N, 6)`` (3D); ``width`` forces one of them."""
     arr = np.asarray(value, dtype=np.float64)
     if arr.size == 0:
-        return np.zeros((0, 4))
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{what}: expected boxes of shape (N, 4) [x_min, y_min, x_max, y_max], got {arr.shape}.")
+        return np.zeros((0, width or 4))
+    if arr.ndim != 2 or arr.shape[1] not in (4, 6) or (width is not None and arr.shape[1] != width):
+        want = f"(N, {width})" if width else "(N, 4) or (N, 6)"
+        raise ValueError(f"{what}: expected corner boxes of shape {want} (mins then maxes), got {arr.shape}.")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{what}: boxes hold NaN or infinite coordinates.")
-    if np.any(arr[:, 2] < arr[:, 0]) or np.any(arr[:, 3] < arr[:, 1]):
-        raise ValueError(f"{what}: a box has x_max < x_min or y_max < y_min (corners must be min then max).")
+    d = arr.shape[1] // 2
+    if np.any(arr[:, d:] < arr[:, :d]):
+        raise ValueError(f"{what}: a box has a max corner below its min corner (corners must be mins then maxes).")
     return arr
 
 
 def box_iou(a: Any, b: Any) -> np.ndarray:
-    """Intersection over union of every box in ``a`` ``(N, 4)`` with every box in ``b`` ``(M, 4)``: ``(N, M)``.
+    """Intersection over union of every box in ``a`` ``(N, 2d)`` with every box in ``b`` ``(M, 2d)``: ``(N, M)``.
 
-    Corner boxes ``[x_min, y_min, x_max, y_max]``; two boxes of zero area, or disjoint boxes, have IoU 0.
+    Corner boxes ``[x_min, y_min, x_max, y_max]`` (2D) or ``[x_min, y_min, z_min, x_max, y_max, z_max]`` (3D);
+    two boxes of zero area (volume), or disjoint boxes, have IoU 0.
     """
-    a, b = _as_boxes(a, "box_iou(a)"), _as_boxes(b, "box_iou(b)")
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    a = _as_boxes(a, "box_iou(a)")
+    b = _as_boxes(b, "box_iou(b)", a.shape[1] if a.shape[0] else None)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return np.zeros((a.shape[0], b.shape[0]))
+    d = a.shape[1] // 2
+    lo = np.maximum(a[:, None, :d], b[None, :, :d])
+    hi = np.minimum(a[:, None, d:], b[None, :, d:])
     inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
+    area_a = np.prod(a[:, d:] - a[:, :d], axis=-1)
+    area_b = np.prod(b[:, d:] - b[:, :d], axis=-1)
     union = area_a[:, None] + area_b[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
@@ -67,6 +78,7 @@ def weighted_box_fusion(
     weights: Sequence[float] | None = None,
     min_readers: int = 1,
     skip_box_threshold: float = 0.0,
+    box_rule: str = "mean",
 ) -> FusedBoxes:
     """Fuse the boxes several readers drew on one image into one box per finding, class by class.
 
@@ -97,21 +109,24 @@ def weighted_box_fusion(
     cluster holds at most one box per reader); ``min_readers`` is added.
 
     Args:
-        boxes_per_reader: One entry per reader: its boxes, ``(N_r, 4)`` corners (an empty list for a reader who marked
-            nothing, e.g. "No finding").
+        boxes_per_reader: One entry per reader: its boxes, ``(N_r, 4)`` corners, or ``(N_r, 6)`` for 3D boxes (an empty
+            list for a reader who marked nothing, e.g. "No finding").
         labels_per_reader: One entry per reader: ``(N_r,)`` integer classes of its boxes.
         iou_threshold: A box joins a cluster only when its IoU with the cluster's fused box is greater than this.
         scores_per_reader: Optional ``(N_r,)`` scores in [0, 1] per reader; 1 when None.
         weights: Optional weight per reader (> 0); 1 each when None.
         min_readers: Drop fused boxes marked by fewer distinct readers.
         skip_box_threshold: Leave out boxes whose score is below this.
+        box_rule: ``"mean"`` (weighted box fusion, step 3) or ``"best"``: a cluster keeps the box of its most
+            confident member, and later boxes are compared with that box (clusters as in non-maximum suppression,
+            scores still summed as in step 4).
 
     Returns:
         :class:`FusedBoxes` ``(boxes, labels, scores, n_readers)``; empty arrays when no box survives.
 
     Raises:
-        ValueError: Mismatched lengths, boxes not ``(N, 4)`` corners with min <= max, a non-positive weight, or an
-            ``iou_threshold`` outside [0, 1).
+        ValueError: Mismatched lengths, boxes not ``(N, 4)`` / ``(N, 6)`` corners with min <= max (or readers of two
+            dimensions), a non-positive weight, or an ``iou_threshold`` outside [0, 1).
     """
     n = len(boxes_per_reader)
     if len(labels_per_reader) != n:
@@ -120,14 +135,17 @@ def weighted_box_fusion(
         raise ValueError(f"{n} readers' boxes but {len(scores_per_reader)} readers' scores.")
     if not 0.0 <= float(iou_threshold) < 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}.")
+    if box_rule not in ("mean", "best"):
+        raise ValueError(f"box_rule must be 'mean' or 'best', got {box_rule!r}.")
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.shape != (n,) or np.any(~np.isfinite(w)) or np.any(w <= 0):
         raise ValueError(f"weights must be {n} positive numbers (one per reader), got {weights}.")
 
-    # flat table of every kept box: reader, confidence, label, corners
+    # flat table of every kept box: reader, confidence, label, corners (every reader in the same dimension)
+    width = next((np.shape(b)[-1] for b in boxes_per_reader if np.size(b)), 4)
     rows_reader, rows_conf, rows_label, rows_box = [], [], [], []
     for r in range(n):
-        b = _as_boxes(boxes_per_reader[r], f"reader {r} boxes")
+        b = _as_boxes(boxes_per_reader[r], f"reader {r} boxes", width)
         lab = np.asarray(labels_per_reader[r]).reshape(-1)
         if lab.size != b.shape[0]:
             raise ValueError(f"reader {r}: {b.shape[0]} boxes but {lab.size} labels.")
@@ -145,7 +163,7 @@ def weighted_box_fusion(
     readers = np.concatenate(rows_reader) if rows_reader else np.zeros(0, dtype=np.int64)
     conf = np.concatenate(rows_conf) if rows_conf else np.zeros(0)
     labels = np.concatenate(rows_label) if rows_label else np.zeros(0, dtype=np.int64)
-    boxes = np.concatenate(rows_box) if rows_box else np.zeros((0, 4))
+    boxes = np.concatenate(rows_box) if rows_box else np.zeros((0, width))
 
     out_boxes, out_labels, out_scores, out_readers = [], [], [], []
     total_weight = float(w.sum())
@@ -153,15 +171,16 @@ def weighted_box_fusion(
         idx = np.flatnonzero(labels == cls)
         idx = idx[np.argsort(-conf[idx], kind="stable")]
         members: list[list[int]] = []
-        fused = np.zeros((0, 4))
+        fused = np.zeros((0, width))
         for i in idx:
             if fused.shape[0]:
                 ious = box_iou(boxes[i : i + 1], fused)[0]
                 best = int(np.argmax(ious))
                 if ious[best] > iou_threshold:
                     members[best].append(int(i))
-                    m = np.asarray(members[best])
-                    fused[best] = (conf[m, None] * boxes[m]).sum(axis=0) / conf[m].sum()
+                    if box_rule == "mean":
+                        m = np.asarray(members[best])
+                        fused[best] = (conf[m, None] * boxes[m]).sum(axis=0) / conf[m].sum()
                     continue
             members.append([int(i)])
             fused = np.vstack([fused, boxes[i]])
@@ -176,7 +195,7 @@ def weighted_box_fusion(
             out_readers.append(len(per_reader))
 
     if not out_boxes:
-        return FusedBoxes(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
+        return FusedBoxes(np.zeros((0, width)), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
     lab_arr, sc_arr = np.asarray(out_labels, dtype=np.int64), np.asarray(out_scores)
     order = np.lexsort((-sc_arr, lab_arr))
     return FusedBoxes(
