@@ -116,3 +116,16 @@ def test_flip_tta_max_detections_and_bad_flips():
         DetectorInferer(_BlockDetector(), flips=[[]])
     with pytest.raises(ValueError, match="fusion_iou"):
         DetectorInferer(_BlockDetector(), flips=[[0]], fusion_iou=1.0)
+
+
+def test_box_rule_best_keeps_the_most_confident_box_and_sums_scores_like_mean():
+    boxes = [[[0, 0, 0, 4, 4, 4]], [[1, 0, 0, 5, 4, 4]]]  # IoU 48 / 80 = 0.6
+    labels, scores = [[0], [0]], [[0.9], [0.3]]
+    best = weighted_box_fusion(boxes, labels, 0.5, scores, box_rule="best")
+    mean = weighted_box_fusion(boxes, labels, 0.5, scores, box_rule="mean")
+    np.testing.assert_allclose(best.boxes, [[0, 0, 0, 4, 4, 4]])
+    np.testing.assert_allclose(mean.boxes, [[0.25, 0, 0, 4.25, 4, 4]])  # (0.9 * 0 + 0.3 * 1) / 1.2
+    np.testing.assert_allclose(best.scores, [0.6])
+    np.testing.assert_allclose(mean.scores, [0.6])
+    with pytest.raises(ValueError, match="box_rule"):
+        weighted_box_fusion(boxes, labels, 0.5, scores, box_rule="median")
