@@ -116,6 +116,10 @@ def test_flip_tta_max_detections_and_bad_flips():
         DetectorInferer(_BlockDetector(), flips=[[]])
     with pytest.raises(ValueError, match="fusion_iou"):
         DetectorInferer(_BlockDetector(), flips=[[0]], fusion_iou=1.0)
+    with pytest.raises(ValueError, match="fusion_box"):
+        DetectorInferer(_BlockDetector(), flips=[[0]], fusion_box="median")
+    with pytest.raises(ValueError, match=r"axes \[3\] do not exist"):
+        DetectorInferer(_BlockDetector(), flips=[[3]])([_block_image()])
 
 
 def test_box_rule_best_keeps_the_most_confident_box_and_sums_scores_like_mean():

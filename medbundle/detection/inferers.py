@@ -91,10 +91,9 @@ class DetectorInferer(Inferer):
             raise ValueError(f"fusion_iou must be in [0, 1), got {fusion_iou}.")
         self.fusion_iou = float(fusion_iou)
         self.max_detections = max_detections
+        if fusion_box not in ("best", "mean"):
+            raise ValueError(f"fusion_box must be 'best' or 'mean', got {fusion_box!r}.")
         self.fusion_box = fusion_box
-
-    def _detect(self, images: list[torch.Tensor], use: bool) -> list[dict]:
-        return self.detector(images, use_inferer=use)
 
     def _fuse(self, passes: list[dict]) -> dict:
         det = self.detector
@@ -120,13 +119,16 @@ class DetectorInferer(Inferer):
         if use is None:
             use = getattr(self.detector, "inferer", None) is not None
         self.detector.eval()
-        preds = self._detect(images, bool(use))
+        preds = self.detector(images, use_inferer=bool(use))
         if self.flips:
             key = self.detector.target_box_key
             passes = [[p] for p in preds]
             for axes in self.flips:
+                if any(a >= im.ndim - 1 for a in axes for im in images):
+                    raise ValueError(f"flips: axes {list(axes)} do not exist in images of {images[0].ndim - 1} "
+                                     "spatial dimensions (spatial axes are numbered from 0).")
                 flipped = [torch.flip(im, dims=[a + 1 for a in axes]) for im in images]
-                for i, p in enumerate(self._detect(flipped, bool(use))):
+                for i, p in enumerate(self.detector(flipped, use_inferer=bool(use))):
                     size = images[i].shape[1:]
                     passes[i].append({**p, key: flip_boxes(p[key], axes, size, voxel_regions=self.voxel_regions)})
             preds = [self._fuse(ps) for ps in passes]
